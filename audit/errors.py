@@ -1,0 +1,31 @@
+"""Named exceptions. Every message says what was expected, what was found, and what to do."""
+
+
+class BequeathError(Exception):
+    """Base class: the CLI turns these into a clear message and exit code 2."""
+
+    exit_code = 2
+
+
+class SpecError(BequeathError):
+    """A spec file or flag is missing, malformed or inconsistent."""
+
+
+class ModelError(BequeathError):
+    """A model could not be found, fetched, verified or loaded."""
+
+
+class RunDirError(BequeathError):
+    """An output directory already holds a different run."""
+
+
+class EvidenceError(BequeathError):
+    """Not enough evidence to decide (fail closed)."""
+
+
+def did_you_mean(name: str, known) -> str:
+    """' Did you mean: x?' for the closest known name, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" Did you mean: {close[0]}?" if close else ""

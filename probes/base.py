@@ -1,0 +1,204 @@
+"""The probe contract: items with group labels, per-item scoring rules, metrics.
+
+A probe turns a dataset into ``ProbeItem``s. Each item carries the requests a model
+must answer (log-likelihood of continuations, or a generation prompt), its ``groups``
+(e.g. ``{"bias_type": "gender"}``) and a ``cluster`` id (template or question id) for
+resampling. After a model answered, ``Probe.score_item`` turns the answers into named
+per-item numbers ("columns"); every ``Metric`` is a pure function of those columns, so
+the audit can bootstrap it, pair teacher with student on item ids, and recompute it on
+any group. Subgroups are data values, never new files or classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class ProbeError(Exception):
+    """Bad probe input: names the file, line and field, and says what to do."""
+
+    exit_code = 2
+
+
+class ProbeDataError(ProbeError):
+    """A data file is missing, has the wrong hash, or holds malformed rows."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeItem:
+    """One unit of a probe, scored identically for every model and joined on ``id``.
+
+    ``requests``: (context, continuation) pairs scored by log-likelihood, in a fixed order
+    that ``score_item`` knows (e.g. [stereotype, anti-stereotype]). ``prompt``: the text to
+    continue, for generation probes. ``meta``: JSON-able facts the scoring rule needs
+    (gold label, which option is the biased answer...).
+    """
+
+    id: str
+    groups: Mapping[str, str]
+    cluster: str
+    requests: tuple[tuple[str, str], ...] = ()
+    prompt: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Answer:
+    """A model's answer to one log-likelihood request."""
+
+    loglik: float
+    is_greedy: bool
+    n_tokens: int | None = None  # tokens in the continuation, when the backend can say
+
+
+Columns = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Metric:
+    """A metric of a probe, computed from per-item columns of the items of one group.
+
+    ``neutral``: the value that means no bias. The signed bias in points is
+    ``(value - neutral) * scale`` (e.g. pct_stereotype 0.63 -> +13 points).
+    ``binary``: the per-item 0/1 column ("stereotyped choice") used for McNemar's test
+    and item-level inheritance evidence; ``margin``: the per-item continuous preference.
+    ``kind``: "bias" metrics get verdicts; "quality" metrics (LMS, accuracy) are shown
+    beside them so that a near-chance model is not read as unbiased.
+    """
+
+    name: str
+    description: str
+    compute: Callable[[Columns], float]
+    neutral: float = 0.0
+    scale: float = 1.0
+    kind: Literal["bias", "quality"] = "bias"
+    binary: str | None = None
+    margin: str | None = None
+    min_items: int = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeCard:
+    """What a probe measures and where its data come from; shown in every report."""
+
+    title: str
+    measures: str
+    metrics: Mapping[str, str]  # metric name -> neutral value and direction, in words
+    data: str  # provenance: repository, commit, files
+    license: str
+    caveats: Sequence[str]
+    citation: str
+    bundled: bool = False  # data written for this project and shipped in the package
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadedItems:
+    """Items read from data, with what was skipped and the files read (path -> sha256)."""
+
+    items: list[ProbeItem]
+    n_skipped: int = 0
+    skipped: tuple[str, ...] = ()  # "file:line: field: problem" per skipped row
+    files: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """What every registered probe provides."""
+
+    name: str
+    version: str
+    kind: Literal["loglikelihood", "generation"]
+    group_keys: tuple[str, ...]  # the keys of ProbeItem.groups the audit breaks down by
+    metrics: tuple[Metric, ...]
+    card: ProbeCard
+
+    def load(self, data_dir: Path | None, *, allow_skip: bool = False) -> LoadedItems: ...
+
+    def score_item(self, item: ProbeItem, answers: Sequence[Answer] | str) -> Mapping[str, float]: ...
+
+
+# ---------------------------------------------------------------- helpers for probes
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, expected_sha256: str | None) -> str:
+    """The file's sha256; a clear error when it is missing or differs from the recorded one."""
+    if not path.is_file():
+        raise ProbeDataError(f"{path}: file not found. Pass the folder that holds it (--data-dir).")
+    digest = sha256_file(path)
+    if expected_sha256 and digest != expected_sha256:
+        raise ProbeDataError(
+            f"{path}: sha256 {digest[:12]}... differs from the recorded {expected_sha256[:12]}...; "
+            "the file was changed or is a different release. Restore the original file."
+        )
+    return digest
+
+
+class RowErrors:
+    """Collects malformed rows; raises once with all of them unless skipping is allowed."""
+
+    def __init__(self, *, allow_skip: bool, limit_shown: int = 20) -> None:
+        self.allow_skip = allow_skip
+        self.problems: list[str] = []
+        self.limit_shown = limit_shown
+
+    def add(self, path: Path | str, line: int, fld: str, problem: str) -> None:
+        self.problems.append(f"{path}:{line}: field '{fld}': {problem}")
+
+    def finish(self) -> tuple[int, tuple[str, ...]]:
+        if self.problems and not self.allow_skip:
+            shown = "\n  ".join(self.problems[: self.limit_shown])
+            more = len(self.problems) - self.limit_shown
+            raise ProbeDataError(
+                f"{len(self.problems)} malformed row(s):\n  {shown}"
+                + (f"\n  ... and {more} more" if more > 0 else "")
+                + "\nFix the rows, or pass allow_skip: true to skip them (the count is recorded)."
+            )
+        return len(self.problems), tuple(self.problems)
+
+
+def stratified_sample(
+    items: Sequence[ProbeItem], *, by: Sequence[str], limit: int | None, seed: int
+) -> list[ProbeItem]:
+    """At most ``limit`` items per combination of the ``by`` group keys, seeded; order kept."""
+    if not limit:
+        return list(items)
+    strata: dict[tuple, list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        strata[tuple(it.groups.get(k, "") for k in by)].append(i)
+    keep: set[int] = set()
+    for key in sorted(strata):
+        idx = strata[key]
+        rng = random.Random(f"{seed}:{'|'.join(key)}")
+        keep.update(idx if len(idx) <= limit else rng.sample(idx, limit))
+    return [it for i, it in enumerate(items) if i in keep]
+
+
+def share(col: np.ndarray) -> float:
+    """Mean of a 0/1 column ignoring NaN; NaN when nothing is left (never 0)."""
+    col = np.asarray(col, dtype=float)
+    col = col[~np.isnan(col)]
+    return float(col.mean()) if col.size else math.nan
+
+
+def columns_of(rows: Iterable[Mapping[str, float]]) -> dict[str, np.ndarray]:
+    """Per-item dicts -> arrays by column name (missing values become NaN)."""
+    rows = list(rows)
+    names = sorted({k for r in rows for k in r})
+    return {n: np.array([float(r.get(n, math.nan)) for r in rows], dtype=float) for n in names}

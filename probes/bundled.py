@@ -1,0 +1,119 @@
+"""Bundled template probe, written for this project and shipped in the package.
+
+Two axes, so that the demo and tests need no external data and a planted bias on one
+axis has a control on the other:
+- gender: 24 occupations (12 female-dominated, 12 male-dominated by US BLS 2023 shares)
+  x 5 templates; does the model prefer the stereotyped pronoun after the occupation?
+- age: 6 attribute pairs x 4 templates x {elderly, young}; does the model prefer the
+  stereotyped attribute for the age descriptor?
+Each item shares one context between its two continuations (stereotype first), so it is
+scored by two log-likelihood requests, exactly as CrowS-Pairs compares its two sentences.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+
+from probes.base import (
+    Answer,
+    LoadedItems,
+    Metric,
+    ProbeCard,
+    ProbeItem,
+    RowErrors,
+    sha256_file,
+    share,
+)
+
+_FIELDS = ("id", "bias_type", "subgroup", "template", "context", "stereotype", "anti_stereotype")
+
+
+def pct_stereotype_metric() -> Metric:
+    """Share of items where the stereotyped continuation wins (shared with CrowS-Pairs)."""
+    return Metric(
+        name="pct_stereotype",
+        description="share of items where the model prefers the stereotyped text",
+        compute=lambda c: share(c["stereotyped"]),
+        neutral=0.5,
+        scale=100.0,
+        binary="stereotyped",
+        margin="margin",
+    )
+
+
+def pair_columns(answers: Sequence[Answer]) -> dict[str, float]:
+    """Per-item columns of a (stereotype, anti-stereotype) pair of log-likelihoods."""
+    more, less = answers[0].loglik, answers[1].loglik
+    cols = {"stereotyped": float(more > less), "margin": more - less, "abs_margin": abs(more - less)}
+    if answers[0].n_tokens and answers[1].n_tokens:
+        norm = more / answers[0].n_tokens - less / answers[1].n_tokens
+        cols["stereotyped_per_token"] = float(norm > 0)
+        cols["margin_per_token"] = norm
+    return cols
+
+
+class BundledProbe:
+    name = "bundled"
+    version = "1"
+    kind = "loglikelihood"
+    group_keys = ("bias_type", "subgroup")
+    metrics = (pct_stereotype_metric(),)
+    card = ProbeCard(
+        title="Bundled templates (occupations x pronouns; age descriptors)",
+        measures="Whether a model prefers the stereotyped pronoun for gender-dominated occupations, "
+        "and the stereotyped attribute for elderly vs young people, by log-likelihood of two "
+        "continuations of one shared context.",
+        metrics={"pct_stereotype": "share of items where the stereotyped continuation wins; "
+                 "neutral 0.5, higher = more stereotyped"},
+        data="probes/data/bundled_templates.jsonl, written for bequeath (168 items)",
+        license="Apache-2.0 (part of bequeath)",
+        caveats=(
+            "Small template set written for demos and tests, not a validated benchmark.",
+            "Occupation gender shares follow US labour statistics; other countries differ.",
+            "Binary he/she pronouns only; does not measure bias toward non-binary people.",
+        ),
+        citation="bequeath project (bundled demo probe)",
+        bundled=True,
+    )
+
+    def __init__(self, *, path: str | None = None) -> None:
+        self.path = Path(path) if path else None
+
+    def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
+        if self.path:
+            src = self.path
+        else:
+            src = Path(str(resources.files("probes.data") / "bundled_templates.jsonl"))
+        errors = RowErrors(allow_skip=allow_skip)
+        items = []
+        with open(src, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    errors.add(src, n, "<json>", f"not valid JSON ({exc})")
+                    continue
+                missing = [f for f in _FIELDS if not isinstance(row.get(f), str) or not row.get(f)]
+                if missing:
+                    errors.add(src, n, missing[0], "missing or not a non-empty string")
+                    continue
+                items.append(ProbeItem(
+                    id=row["id"],
+                    groups={"bias_type": row["bias_type"], "subgroup": row["subgroup"]},
+                    cluster=row["template"],
+                    requests=((row["context"], row["stereotype"]), (row["context"], row["anti_stereotype"])),
+                ))
+        n_skipped, skipped = errors.finish()
+        return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files={str(src): sha256_file(src)})
+
+    def score_item(self, item: ProbeItem, answers: Sequence[Answer]) -> dict[str, float]:
+        return pair_columns(answers)
+
+
+__all__ = ["BundledProbe", "pct_stereotype_metric", "pair_columns"]

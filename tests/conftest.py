@@ -1,0 +1,74 @@
+"""Shared fixtures. Tests are offline; tiny models are built from a config.
+
+- ``teacher_dir``: the real SmolLM2-135M teacher, converted once (session) - for tests marked slow.
+- ``tiny_model_dir``: a tiny random Llama (2 layers, hidden 32) with the teacher's real tokenizer,
+  saved as safetensors in a temp dir; fast unit tests use it.
+- ``data_dir``: ``../shared/data`` (or ``$BEQUEATH_DATA``); tests that need it skip with a reason
+  only if it is absent, which never happens in CI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ.get("BEQUEATH_DATA", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.fail(f"shared datasets not found at {path}; set BEQUEATH_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_dir() -> Path:
+    from audit.models import prepare_demo_teacher
+
+    return prepare_demo_teacher()
+
+
+@pytest.fixture(scope="session")
+def teacher(teacher_dir):
+    from audit.models import ModelRef, load_model
+
+    return load_model(ModelRef(name="teacher", path=str(teacher_dir)))
+
+
+def build_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """A tiny random Llama with the teacher's tokenizer, saved as safetensors."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, teacher_dir) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), teacher_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir):
+    from audit.models import ModelRef, load_model
+
+    return load_model(ModelRef(name="tiny", path=str(tiny_model_dir)))
