@@ -1,0 +1,315 @@
+"""A log-likelihood backend that runs each distinct context once and scores its continuations from the cache.
+
+lm-eval's ``HFLM`` feeds ``context + continuation`` to the model once per request, so a multiple-choice
+item with 12 options runs its context 12 times (89% of the tokens of BBQ). ``PrefixCacheLM`` is an
+``HFLM`` (same constructor, same request tokenisation, same ``loglikelihood_rolling`` and
+``generate_until``) that only overrides the token-level scoring, ``_loglikelihood_tokens``:
+
+1. Each request is cut exactly where HFLM would cut it: the model window is
+   ``(context + continuation)[-(max_length + 1):][:-1]`` and the scored logits are its last
+   ``len(continuation)`` positions. The tokens before them are the request's *prefix* (cacheable,
+   no logits needed); the rest is its *suffix* (last context token + continuation[:-1]).
+2. Requests with the same prefix form a group; groups whose prefixes share a long head (a trie over
+   token ids, e.g. BBQ items with one context and two questions) form a cluster with a shared *root*.
+3. A batch of clusters runs in three passes that extend one ``DynamicCache``: roots, then the rest of
+   each group's prefix (cache rows selected per group), then all suffixes of all groups, right-padded
+   together, with an attention mask over cache + suffix and position ids that continue the prefix.
+   The cache lives for one batch; the batch is sized by ``memory_budget_mb``.
+
+Numbers equal HFLM's up to float summation order (fp32: far below 1e-4); results come back in request
+order and go to ``cache_hook.add_partial`` under the same (context, continuation) key, so the audit's
+results cache does not depend on the backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+Request = tuple[tuple[str, str] | None, list[int], list[int]]
+
+
+# ---------------------------------------------------------------- planning (pure)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Split:
+    """One request cut at the first scored position of HFLM's model window."""
+
+    prefix: tuple[int, ...]  # window tokens whose logits are not needed (cached)
+    suffix: tuple[int, ...]  # window tokens whose logits score the continuation
+    targets: tuple[int, ...]  # the continuation tokens (what ``suffix`` predicts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Group:
+    """Requests with one prefix: ``segment`` is that prefix after the cluster's root."""
+
+    segment: tuple[int, ...]
+    leaves: tuple[int, ...]  # request indices
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cluster:
+    """Groups whose prefixes all start with ``root``; the root is run once for all of them."""
+
+    root: tuple[int, ...]
+    groups: tuple[Group, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryModel:
+    """Bytes per token of the quantities that dominate peak memory in one batch."""
+
+    kv: int  # key + value cache, all layers
+    logits: int  # one position's vocabulary logits, log-softmax and temporaries
+    activations: int  # hidden states and MLP intermediates of one position in one layer
+    heads: int  # attention heads (for the score matrix)
+    elem: int  # bytes per element of activations
+
+
+def split_request(context_enc: Sequence[int], continuation_enc: Sequence[int], max_length: int) -> Split:
+    """HFLM's window ``(ctx + cont)[-(max_length+1):][:-1]``, cut before its last ``len(cont)`` positions."""
+    if len(context_enc) < 1 or len(continuation_enc) < 1:
+        # HFLM asserts the same; ``loglikelihood`` gives an empty context the prefix token, so this only
+        # happens for an empty continuation (or one equal to the prefix token after an empty context).
+        raise ValueError(
+            f"Cannot score a request with {len(context_enc)} context and {len(continuation_enc)} continuation "
+            "tokens: both need at least one token (lm-eval's HFLM rejects it too). Drop empty continuations."
+        )
+    if len(continuation_enc) > max_length:
+        raise ValueError(
+            f"Continuation of {len(continuation_enc)} tokens is longer than the model window ({max_length}); "
+            "HFLM cannot score it either. Shorten the continuation or raise max_length."
+        )
+    window = (list(context_enc) + list(continuation_enc))[-(max_length + 1):]
+    inp, n_cont = window[:-1], len(continuation_enc)
+    cut = len(inp) - n_cont
+    return Split(prefix=tuple(inp[:cut]), suffix=tuple(inp[cut:]), targets=tuple(continuation_enc))
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def plan_clusters(splits: Sequence[Split], *, min_shared: int = 8) -> list[Cluster]:
+    """Group requests by prefix and cluster groups under shared roots (one trie level, where it pays).
+
+    Prefixes are sorted, so prefixes with a common head are neighbours. A prefix joins the current
+    cluster when the head it shares with it (``l`` tokens, at least ``min_shared``) saves more than the
+    shortening of the root costs the members already in it: ``l > (k - 1) * (root - l)``.
+    """
+    by_prefix: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(splits):
+        by_prefix.setdefault(s.prefix, []).append(i)
+    clusters: list[Cluster] = []
+    members: list[tuple[int, ...]] = []
+    root = 0
+
+    def flush() -> None:
+        if members:
+            groups = tuple(Group(segment=p[root:], leaves=tuple(by_prefix[p])) for p in members)
+            clusters.append(Cluster(root=members[0][:root], groups=groups))
+
+    for p in sorted(by_prefix):
+        shared = min(root, _lcp(members[-1], p)) if members else 0
+        if members and shared >= min_shared and shared > (len(members) - 1) * (root - shared):
+            members.append(p)
+            root = shared
+        else:
+            flush()
+            members, root = [p], len(p)
+    flush()
+    return clusters
+
+
+def batch_bytes(clusters: Sequence[Cluster], splits: Sequence[Split], mem: MemoryModel) -> int:
+    """Estimated peak bytes of running ``clusters`` as one padded batch (caches kept across passes)."""
+    groups = [g for c in clusters for g in c.groups]
+    leaves = [i for g in groups for i in g.leaves]
+    n_r, n_g, n_l = len(clusters), len(groups), len(leaves)
+    lr = max(len(c.root) for c in clusters)
+    lg = max(len(g.segment) for g in groups)
+    ls = max(len(splits[i].suffix) for i in leaves)
+    kv = mem.kv * (n_r * lr + n_g * (lr + lg) + n_l * (lr + lg + ls))
+    acts = mem.activations * max(n_r * lr, n_g * lg, n_l * ls)
+    scores = mem.heads * mem.elem * max(n_r * lr * lr, n_g * lg * (lr + lg), n_l * ls * (lr + lg + ls))
+    return kv + acts + scores + mem.logits * n_l * ls
+
+
+def _divide(cluster: Cluster, splits: Sequence[Split], mem: MemoryModel, budget: int) -> list[Cluster]:
+    """``cluster`` cut into pieces that each fit ``budget`` (down to single requests, which always run)."""
+    if batch_bytes([cluster], splits, mem) <= budget:
+        return [cluster]
+    if len(cluster.groups) > 1:
+        half = len(cluster.groups) // 2
+        parts = (cluster.groups[:half], cluster.groups[half:])
+    elif len(cluster.groups[0].leaves) > 1:
+        g = cluster.groups[0]
+        half = len(g.leaves) // 2
+        parts = ((Group(segment=g.segment, leaves=g.leaves[:half]),),
+                 (Group(segment=g.segment, leaves=g.leaves[half:]),))
+    else:
+        return [cluster]
+    return [piece for part in parts for piece in _divide(Cluster(root=cluster.root, groups=part), splits, mem, budget)]
+
+
+def plan_batches(
+    splits: Sequence[Split], mem: MemoryModel, budget_bytes: int, *, min_shared: int = 8
+) -> list[list[Cluster]]:
+    """Clusters packed greedily, longest first (less padding), into batches within ``budget_bytes``."""
+    pieces = [p for c in plan_clusters(splits, min_shared=min_shared) for p in _divide(c, splits, mem, budget_bytes)]
+
+    def length(c: Cluster) -> tuple[int, int, int]:
+        return (len(c.root), max(len(g.segment) for g in c.groups),
+                max(len(splits[i].suffix) for g in c.groups for i in g.leaves))
+
+    pieces.sort(key=length, reverse=True)
+    batches: list[list[Cluster]] = []
+    for piece in pieces:
+        if batches and batch_bytes(batches[-1] + [piece], splits, mem) <= budget_bytes:
+            batches[-1].append(piece)
+        else:
+            batches.append([piece])
+    return batches
+
+
+def memory_model(config, dtype: torch.dtype, logits_dtype: torch.dtype) -> MemoryModel:
+    """Per-token memory of a decoder from its config (text config for multimodal wrappers)."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    elem = torch.finfo(dtype).bits // 8
+    inter = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size
+    return MemoryModel(
+        kv=2 * cfg.num_hidden_layers * kv_heads * head_dim * elem,
+        # logits, their log-softmax, and one temporary of the same size
+        logits=3 * cfg.vocab_size * max(torch.finfo(logits_dtype).bits // 8, 4),
+        activations=(6 * cfg.hidden_size + 3 * inter) * elem,
+        heads=heads,
+        elem=elem,
+    )
+
+
+# ---------------------------------------------------------------- the backend
+
+
+class PrefixCacheLM(HFLM):
+    """``HFLM`` whose log-likelihood scoring runs each distinct context once (see the module docstring).
+
+    Constructed exactly like ``HFLM`` plus ``memory_budget_mb`` (the estimated peak of one batch's
+    caches, activations and logits) and ``min_shared_prefix`` (tokens two prefixes must share before
+    they share a root). HFLM's ``batch_size`` still governs ``generate_until``; the scoring batches are
+    sized by the memory budget.
+    """
+
+    def __init__(self, *args, memory_budget_mb: int = 2048, min_shared_prefix: int = 8, **kwargs) -> None:
+        if memory_budget_mb <= 0:
+            raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}.")
+        super().__init__(*args, **kwargs)
+        self.memory_budget_mb = int(memory_budget_mb)
+        self.min_shared_prefix = int(min_shared_prefix)
+        params = inspect.signature(self.model.forward).parameters
+        self._keep_kw = "logits_to_keep" in params
+        # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40)
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _cache_supported(self) -> str | None:
+        """Why the prefix cache cannot be used for this model, or None."""
+        if self.backend != "causal":
+            return f"backend is {self.backend}"
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        kinds = set(getattr(cfg, "layer_types", None) or ())
+        if kinds - {"full_attention"}:
+            return f"layer types {sorted(kinds)} (a sliding or linear cache cannot be padded and reused)"
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+            return "sliding-window attention"
+        return None
+
+    def _loglikelihood_tokens(
+        self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[tuple[float, bool]]:
+        why = self._cache_supported()
+        if why is not None:
+            log.warning("PrefixCacheLM: %s; scoring with HFLM's own path.", why)
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        splits = [split_request(ctx, cont, self.max_length) for _, ctx, cont in requests]
+        mem = memory_model(self.model.config, self.model.dtype, self.softmax_dtype or torch.float32)
+        batches = plan_batches(splits, mem, self.memory_budget_mb * 2**20, min_shared=self.min_shared_prefix)
+        res: list[tuple[float, bool] | None] = [None] * len(requests)
+        pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
+                    desc="Running loglikelihood requests (prefix cache)")
+        for batch in batches:
+            for idx, answer in self._score_batch(batch, splits):
+                res[idx] = answer
+                key = requests[idx][0]
+                if key is not None:  # loglikelihood_rolling adds its partials per document itself
+                    self.cache_hook.add_partial("loglikelihood", key, answer)
+                pbar.update(1)
+        pbar.close()
+        return res  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ forward passes
+
+    def _extend(self, rows: Sequence[Sequence[int]], parents: Sequence[int] | None, cache, mask, *, logits: bool):
+        """Run ``rows`` (right-padded) after the cached rows ``parents``; return (cache, mask, logits).
+
+        ``mask`` [n_parent_rows, T] marks valid cached positions. In this pass every new position may be
+        attended (right padding + causality keep valid tokens away from pads, and no query is left with
+        nothing to attend, which would give NaN); the returned mask marks only the valid new tokens.
+        """
+        n, width = len(rows), max(len(r) for r in rows)
+        if parents is not None:
+            index = torch.tensor(parents, dtype=torch.long, device=self.device)
+            mask = mask.index_select(0, index)
+            if cache is not None:
+                cache.batch_select_indices(index)
+        if width == 0:
+            return cache, mask, None
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((n, width), pad, dtype=torch.long, device=self.device)
+        valid = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            valid[i, : len(r)] = 1
+        positions = mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)
+        kwargs = {} if logits or not self._keep_kw else {"logits_to_keep": 1}
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                             enabled=self.mixed_precision_dtype is not None):
+            out = self.model(input_ids=ids, attention_mask=torch.cat([mask, torch.ones_like(valid)], dim=1),
+                             position_ids=positions, use_cache=True, **{self._cache_kw: cache}, **kwargs)
+        new_cache = out.cache if self._cache_kw == "cache" else out.past_key_values
+        return new_cache, torch.cat([mask, valid], dim=1), (out.logits if logits else None)
+
+    def _score_batch(self, batch: Sequence[Cluster], splits: Sequence[Split]):
+        """Yield (request index, (loglik, is_greedy)) for every request in ``batch``."""
+        groups = [g for c in batch for g in c.groups]
+        group_parent = [ci for ci, c in enumerate(batch) for _ in c.groups]
+        leaves = [i for g in groups for i in g.leaves]
+        leaf_parent = [gi for gi, g in enumerate(groups) for _ in g.leaves]
+        empty = torch.zeros((len(batch), 0), dtype=torch.long, device=self.device)
+        cache, mask, _ = self._extend([c.root for c in batch], None, None, empty, logits=False)
+        cache, mask, _ = self._extend([g.segment for g in groups], group_parent, cache, mask, logits=False)
+        _, _, logits = self._extend([splits[i].suffix for i in leaves], leaf_parent, cache, mask, logits=True)
+        del cache, mask  # the batch's cache is released here
+        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+        del logits
+        for row, idx in enumerate(leaves):
+            targets = torch.tensor(splits[idx].targets, dtype=torch.long, device=self.device)
+            scored = logp[row, : len(targets)]
+            greedy = bool((scored.argmax(dim=-1) == targets).all())
+            yield idx, (float(scored.gather(1, targets[:, None]).sum()), greedy)
