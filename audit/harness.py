@@ -1,0 +1,273 @@
+"""Run an audit: every model once through every probe and task, then paired statistics.
+
+Models are loaded one at a time (at most one model's weights live at once) and shared by
+the probes and tasks. Per-item results go through the results cache, so a re-run or a
+second student against an audited teacher costs only the new model. ``run.json`` and
+``items.jsonl`` are written atomically.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from audit.errors import BequeathError
+from audit.models import LoadedModel, ModelRef, cache_dir, load_model
+from audit.spec import AuditSpec
+from audit.store import (
+    SCHEMA_VERSION,
+    ResultsCache,
+    digest,
+    now,
+    prepare_run_dir,
+    provenance,
+    write_atomic,
+    write_jsonl,
+)
+from probes.base import ProbeError, ProbeItem, stratified_sample
+from probes.registry import get_probe
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedProbe:
+    name: str
+    probe: Any
+    items: list[ProbeItem]
+    n_total: int
+    n_skipped: int
+    files: dict[str, str]
+    limit: int | None
+
+
+def _prepare_probes(spec: AuditSpec) -> list[PreparedProbe]:
+    data_dir = Path(spec.data_dir) if spec.data_dir else None
+    out = []
+    for ps in spec.probes:
+        probe = get_probe(ps.name, **ps.options)
+        loaded = probe.load(data_dir, allow_skip=spec.allow_skip)
+        items = stratified_sample(loaded.items, by=probe.group_keys[:1], limit=ps.limit, seed=spec.seed)
+        if not items:
+            raise ProbeError(f"Probe '{ps.name}' yielded no items (after sampling with limit {ps.limit}).")
+        out.append(PreparedProbe(name=ps.name, probe=probe, items=items, n_total=len(loaded.items),
+                                 n_skipped=loaded.n_skipped, files=dict(loaded.files), limit=ps.limit))
+    return out
+
+
+def _tokenizer_hash(tok: Any) -> str:
+    return hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
+
+
+def _result_row(r: Any) -> dict[str, Any]:
+    return {"item": r.item_id, "columns": r.columns, "text": r.text, "invalid": r.invalid,
+            "answers": [[a.loglik, a.is_greedy, a.n_tokens] for a in (r.answers or [])]}
+
+
+def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProbe], cache: ResultsCache,
+                 errors: list[dict]) -> dict[str, Any]:
+    """All probe and task results of one loaded model: {"probe:<n>": rows, "task:<n>": scores}."""
+    from audit.lm import make_lm, score_probe_items
+    from audit.tasks import run_tasks, task_data_file
+
+    lm = make_lm(loaded, backend=spec.backend, batch_size=spec.batch_size)
+    name = loaded.ref.name
+    found: dict[str, Any] = {}
+    for pp in probes:
+        key = {"model": loaded.content_hash, "probe": pp.name, "version": pp.probe.version,
+               "items": digest([it.id for it in pp.items]), "data": pp.files, "options": _probe_options(spec, pp.name)}
+
+        def compute(a: int, b: int, pp=pp) -> list[dict]:
+            return [_result_row(r) for r in score_probe_items(lm, pp.probe, pp.items[a:b],
+                                                              tokenizer=loaded.tokenizer, progress=True)]
+        try:
+            rows, _ = cache.chunked(key, len(pp.items), compute)
+            found[f"probe:{pp.name}"] = rows
+        except Exception as exc:  # a failing model or scorer: keep what we have, report it
+            errors.append({"model": name, "stage": f"probe:{pp.name}", "message": f"{type(exc).__name__}: {exc}"})
+    for task in spec.tasks:
+        try:
+            data = task_data_file(task, Path(spec.data_dir) if spec.data_dir else None)
+            key = {"model": loaded.content_hash, "task": task, "version": "1", "limit": spec.task_limit,
+                   "data": hashlib.sha256(data.read_bytes()).hexdigest(), "seed": spec.seed}
+
+            def compute_task(a: int, b: int, task=task) -> list[dict]:
+                (res,) = run_tasks(lm, [task], data_dir=Path(spec.data_dir) if spec.data_dir else None,
+                                   limit=spec.task_limit, seed=spec.seed)
+                if res.error:
+                    raise BequeathError(res.error)
+                return [{"metric": res.metric, "data_file": res.data_file, "scores": res.scores}]
+            rows, _ = cache.chunked(key, 1, compute_task)
+            found[f"task:{task}"] = rows[0]
+        except Exception as exc:
+            errors.append({"model": name, "stage": f"task:{task}", "message": f"{type(exc).__name__}: {exc}"})
+    return found
+
+
+def _probe_options(spec: AuditSpec, name: str) -> dict:
+    return next((p.options for p in spec.probes if p.name == name), {})
+
+
+def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) -> tuple[Path, int]:
+    """Run ``spec``; returns (run directory, exit code: 0 complete, 2 partial/insufficient)."""
+    out = Path(spec.out)
+    spec_hash = spec.spec_hash()
+    prepare_run_dir(out, spec_hash, force=force)
+    probes = _prepare_probes(spec)
+    cache = ResultsCache(Path(spec.cache) if spec.cache else cache_dir() / "results")
+    refs: list[tuple[str, ModelRef]] = [("teacher", spec.teacher)] + [("student", s) for s in spec.students]
+    errors: list[dict] = []
+    models: list[dict] = []
+    results: dict[str, dict[str, Any]] = {}
+    teacher_tok = None
+    for role, ref in tqdm(refs, desc="models", unit="model", disable=not progress):
+        try:
+            loaded = load_model(ref)
+        except BequeathError as exc:
+            errors.append({"model": ref.name, "stage": "load", "message": str(exc)})
+            models.append({"role": role, "name": ref.name, "source": ref.source, "content_hash": None,
+                           "n_params": None, "dtype": ref.dtype, "card": None, "notes": [f"failed to load: {exc}"]})
+            continue
+        notes = []
+        tok_hash = _tokenizer_hash(loaded.tokenizer)
+        if role == "teacher":
+            teacher_tok = tok_hash
+        elif teacher_tok and tok_hash != teacher_tok:
+            notes.append("tokenizer differs from the teacher's: comparisons are within-model preferences")
+        if role == "student" and loaded.card is None:
+            notes.append("no distill_card.json next to this model: how it was made is unknown")
+        models.append({"role": role, "name": ref.name, "source": str(loaded.directory or ref.source),
+                       "content_hash": loaded.content_hash, "n_params": loaded.n_params, "dtype": ref.dtype,
+                       "tokenizer_hash": tok_hash, "card": loaded.card, "notes": notes})
+        results[ref.name] = _score_model(loaded, spec, probes, cache, errors)
+        del loaded
+        gc.collect()
+    items_rows = _items_rows(probes, results)
+    write_jsonl(out / "items.jsonl", items_rows)
+    run = build_run(spec, spec_hash, probes, models, results, errors)
+    write_atomic(out / "run.json", json.dumps(run, indent=1, allow_nan=False, default=_json_default))
+    return out, (0 if run["status"] == "complete" else 2)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _items_rows(probes: list[PreparedProbe], results: dict[str, dict[str, Any]]) -> list[dict]:
+    rows = []
+    for model, found in results.items():
+        for pp in probes:
+            got = {r["item"]: r for r in found.get(f"probe:{pp.name}", [])}
+            for it in pp.items:
+                r = got.get(it.id)
+                if r is None:
+                    continue
+                rows.append({"model": model, "probe": pp.name, "item": it.id, "groups": dict(it.groups),
+                             "cluster": it.cluster, "columns": _clean(r["columns"]), "answers": r["answers"],
+                             "text": r["text"], "invalid": r["invalid"],
+                             "requests": [list(q) for q in it.requests] or None, "prompt": it.prompt})
+        for key, val in found.items():
+            if key.startswith("task:"):
+                for item, score in val["scores"].items():
+                    rows.append({"model": model, "task": key[5:], "item": item, "columns": {val["metric"]: score}})
+    return rows
+
+
+def _clean(cols: dict | None) -> dict | None:
+    if cols is None:
+        return None
+    return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in cols.items()}
+
+
+def _columns(rows: list[dict]) -> dict[str, dict[str, float]]:
+    out = {}
+    for r in rows:
+        if r.get("columns") is not None and not r.get("invalid"):
+            out[r["item"]] = {k: (math.nan if v is None else float(v)) for k, v in r["columns"].items()}
+    return out
+
+
+def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], models: list[dict],
+              results: dict[str, dict[str, Any]], errors: list[dict]) -> dict[str, Any]:
+    """The run.json document: statistics over the per-item results (pure)."""
+    from audit.compare import ItemInfo, Settings, breakdown, compare_probe, finalize, task_scores
+
+    settings = Settings(alpha=spec.alpha, tolerance=spec.tolerance, n_boot=spec.n_boot, correction=spec.correction,
+                        min_items=spec.min_items, seed=spec.seed)
+    teacher = spec.teacher.name
+    students = [m["name"] for m in models if m["role"] == "student" and m["name"] in results]
+    probe_docs, comparisons = [], []
+    for pp in probes:
+        infos = [ItemInfo(id=it.id, groups=dict(it.groups), cluster=it.cluster) for it in pp.items]
+        cols = {m: _columns(found.get(f"probe:{pp.name}", [])) for m, found in results.items()}
+        doc = {"probe": pp.name, "version": pp.probe.version, "kind": pp.probe.kind,
+               "card": _card(pp.probe.card), "group_keys": list(pp.probe.group_keys),
+               "metrics": [_metric_doc(m) for m in pp.probe.metrics],
+               "n_total": pp.n_total, "n_skipped": pp.n_skipped, "limit": pp.limit,
+               "sampled_ids_sha256": digest([it.id for it in pp.items]), "models": {}, "breakdown": {}}
+        for m, found in results.items():
+            rows = found.get(f"probe:{pp.name}")
+            err = next((e["message"] for e in errors if e["model"] == m and e["stage"] == f"probe:{pp.name}"), None)
+            doc["models"][m] = {"n_scored": len(cols[m]), "n_invalid": sum(1 for r in rows or [] if r.get("invalid")),
+                                "error": err}
+            if cols[m]:
+                doc["breakdown"][m] = {met.name: {k: breakdown(metric=met, items=infos, columns=cols[m], group_key=k)
+                                                  for k in pp.probe.group_keys} for met in pp.probe.metrics}
+        probe_docs.append(doc)
+        if teacher in results and cols.get(teacher) and students:
+            comparisons += compare_probe(probe=pp.name, metrics=pp.probe.metrics, group_keys=pp.probe.group_keys,
+                                         items=infos, teacher=cols[teacher],
+                                         students={s: cols[s] for s in students}, settings=settings)
+    comparisons = finalize(comparisons, settings)
+    task_docs = []
+    for task in spec.tasks:
+        per = {m: found[f"task:{task}"] for m, found in results.items() if f"task:{task}" in found}
+        err = next((e["message"] for e in errors if e["stage"] == f"task:{task}"), None)
+        doc = {"task": task, "metric": None, "n": None, "error": err, "scores": {}, "retention": {}}
+        if teacher in per:
+            t = per[teacher]
+            doc.update(metric=t["metric"], n=len(t["scores"]))
+            doc.update(task_scores(teacher=t["scores"], students={s: per[s]["scores"] for s in students if s in per},
+                                   clusters=None, settings=settings))
+        task_docs.append(doc)
+    files = {f: h for pp in probes for f, h in pp.files.items()}
+    for found in results.values():
+        for key, val in found.items():
+            if key.startswith("task:") and val.get("data_file"):
+                files.setdefault(val["data_file"], hashlib.sha256(Path(val["data_file"]).read_bytes()).hexdigest())
+    complete = not errors and len(results) == 1 + len(spec.students)
+    return {
+        "schema_version": SCHEMA_VERSION, "status": "complete" if complete else "partial", "created": now(),
+        "provenance": provenance(seed=spec.seed, spec_hash=spec_hash, dataset_files=files),
+        "settings": {"alpha": spec.alpha, "tolerance": spec.tolerance, "n_boot": spec.n_boot,
+                     "correction": spec.correction, "min_items": spec.min_items, "seed": spec.seed,
+                     "backend": spec.backend},
+        "spec": spec.to_dict(), "models": models, "tasks": task_docs, "probes": probe_docs,
+        "comparisons": comparisons, "errors": errors,
+    }
+
+
+def _card(card: Any) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(card)
+    return json.loads(json.dumps(d, default=list))
+
+
+def _metric_doc(m: Any) -> dict:
+    return {"name": m.name, "description": m.description, "neutral": m.neutral, "scale": m.scale, "kind": m.kind,
+            "binary": m.binary, "margin": m.margin, "min_items": m.min_items}
+
+
+__all__ = ["run_audit", "build_run"]

@@ -1,0 +1,161 @@
+"""The audit spec: flat YAML of names and numbers, validated at the edge with all errors at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from audit.errors import SpecError, did_you_mean
+from audit.models import ModelRef
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeSpec:
+    name: str
+    limit: int | None = None  # items per group (stratified on the probe's first group key), seeded
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditSpec:
+    teacher: ModelRef
+    students: tuple[ModelRef, ...] = ()
+    probes: tuple[ProbeSpec, ...] = (ProbeSpec(name="bundled"),)
+    tasks: tuple[str, ...] = ("bundled_qa",)
+    task_limit: int | None = None
+    data_dir: str | None = None
+    out: str = "bequeath-out/audit"
+    seed: int = 0
+    n_boot: int = 1000
+    alpha: float = 0.05
+    tolerance: float = 2.0
+    correction: str = "holm"
+    min_items: int = 10
+    backend: str = "engine"
+    batch_size: int = 32
+    allow_skip: bool = False
+    cache: str | None = None  # results cache directory; default $BEQUEATH_CACHE/results
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    def spec_hash(self) -> str:
+        d = self.to_dict()
+        d.pop("out", None)
+        d.pop("cache", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> AuditSpec:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"Spec file {path} not found. Give the path of a YAML audit spec (see README).")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise SpecError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)}). Fix the syntax.") from exc
+        if not isinstance(raw, dict):
+            raise SpecError(f"{path}: the top level must be a mapping of fields (teacher:, students:, ...).")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "<flags>") -> AuditSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        errors: list[str] = []
+        for key in raw:
+            if key not in known:
+                errors.append(f"unknown field '{key}'.{did_you_mean(key, known)}")
+        kw: dict[str, Any] = {}
+        try:
+            kw["teacher"] = ModelRef.parse(raw.get("teacher", "smollm2-135m"), default_name="teacher")
+        except SpecError as exc:  # ModelError is a BequeathError; collect it
+            errors.append(f"teacher: {exc}")
+        except Exception as exc:
+            errors.append(f"teacher: {exc}")
+        students = raw.get("students") or []
+        if not isinstance(students, list):
+            errors.append("students: expected a list of model directories or mappings")
+            students = []
+        parsed = []
+        for i, s in enumerate(students):
+            try:
+                parsed.append(ModelRef.parse(s))
+            except Exception as exc:
+                errors.append(f"students[{i}]: {exc}")
+        names = [p.name for p in parsed] + ([kw["teacher"].name] if "teacher" in kw else [])
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            errors.append(f"students: model names must be unique, got {dupes} twice; give each a 'name'")
+        kw["students"] = tuple(parsed)
+        kw["probes"] = tuple(_probe_specs(raw.get("probes", ["bundled"]), errors))
+        tasks = raw.get("tasks", ["bundled_qa"]) or []
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+        kw["tasks"] = tuple(tasks)
+        for name, typ in (("task_limit", int), ("seed", int), ("n_boot", int), ("min_items", int),
+                          ("batch_size", int), ("alpha", float), ("tolerance", float)):
+            if name in raw and raw[name] is not None:
+                try:
+                    kw[name] = typ(raw[name])
+                except (TypeError, ValueError):
+                    errors.append(f"{name}: expected a number, got {raw[name]!r}")
+        for name in ("data_dir", "out", "cache", "correction", "backend"):
+            if raw.get(name) is not None:
+                kw[name] = str(raw[name])
+        if "allow_skip" in raw:
+            kw["allow_skip"] = bool(raw["allow_skip"])
+        if kw.get("correction", "holm") not in ("holm", "bh"):
+            errors.append(f"correction: expected 'holm' or 'bh', got {kw['correction']!r}")
+        if kw.get("backend", "engine") not in ("engine", "hflm"):
+            errors.append(f"backend: expected 'engine' or 'hflm', got {kw['backend']!r}")
+        if not 0 < kw.get("alpha", 0.05) < 1:
+            errors.append(f"alpha: expected a number in (0, 1), got {kw['alpha']}")
+        if kw.get("n_boot", 1000) < 100:
+            errors.append(f"n_boot: at least 100 bootstrap draws are needed, got {kw['n_boot']}")
+        _check_names(kw, errors)
+        if errors:
+            raise SpecError(f"{source}: {len(errors)} problem(s) in the audit spec:\n  - " + "\n  - ".join(errors))
+        return cls(**kw)
+
+
+def _probe_specs(raw: Any, errors: list[str]) -> list[ProbeSpec]:
+    if isinstance(raw, str):
+        raw = [p.strip() for p in raw.split(",") if p.strip()]
+    if not isinstance(raw, list):
+        errors.append("probes: expected a list of probe names or mappings {name:, limit:, ...}")
+        return []
+    out = []
+    for i, p in enumerate(raw):
+        if isinstance(p, str):
+            out.append(ProbeSpec(name=p))
+        elif isinstance(p, dict) and isinstance(p.get("name"), str):
+            opts = {k: v for k, v in p.items() if k not in ("name", "limit")}
+            limit = p.get("limit")
+            if limit is not None and (not isinstance(limit, int) or limit < 1):
+                errors.append(f"probes[{i}].limit: expected a positive integer, got {limit!r}")
+                limit = None
+            out.append(ProbeSpec(name=p["name"], limit=limit, options=opts))
+        else:
+            errors.append(f"probes[{i}]: expected a name or a mapping with 'name', got {p!r}")
+    return out
+
+
+def _check_names(kw: dict[str, Any], errors: list[str]) -> None:
+    from audit.tasks import LOCAL_TASKS
+    from probes.registry import available
+
+    known = available()
+    for p in kw.get("probes", ()):
+        if p.name not in known:
+            errors.append(f"probes: unknown probe '{p.name}'.{did_you_mean(p.name, known)} Known: {', '.join(known)}")
+    for t in kw.get("tasks", ()):
+        if t not in LOCAL_TASKS:
+            errors.append(f"tasks: unknown task '{t}'.{did_you_mean(t, LOCAL_TASKS)} Known: {', '.join(LOCAL_TASKS)}")
