@@ -1,0 +1,164 @@
+"""The audit harness on tiny models: run.json structure, pairing, results cache, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from audit.errors import RunDirError, SpecError
+from audit.harness import run_audit
+from audit.lm import make_lm, score_probe_items
+from audit.models import ModelRef, load_model
+from audit.spec import AuditSpec
+from audit.store import ResultsCache
+from probes.registry import get_probe
+from tests.conftest import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, teacher_dir):
+    return build_tiny_model(tmp_path_factory.mktemp("student"), teacher_dir, seed=1)
+
+
+def _spec(tmp_path, tiny_model_dir, student_dir, **kw):
+    base = dict(teacher={"name": "teacher", "path": str(tiny_model_dir)},
+                students=[{"name": "student", "path": str(student_dir)}],
+                probes=[{"name": "bundled", "limit": 30}], tasks=["bundled_qa"], task_limit=20,
+                out=str(tmp_path / "run"), cache=str(tmp_path / "cache"), n_boot=200, backend="hflm")
+    base.update(kw)
+    return AuditSpec.from_dict(base)
+
+
+def test_audit_run_is_paired_complete_and_cached(tmp_path, tiny_model_dir, student_dir, tiny):
+    spec = _spec(tmp_path, tiny_model_dir, student_dir)
+    out, code = run_audit(spec, progress=False)
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["schema_version"] == 1 and run["status"] == "complete"
+    assert [m["role"] for m in run["models"]] == ["teacher", "student"]
+    assert run["models"][1]["notes"] == ["no distill_card.json next to this model: how it was made is unknown"]
+    assert run["provenance"]["spec_hash"] == spec.spec_hash()
+    assert run["provenance"]["lm_eval"] == "0.4.13"
+    (probe,) = run["probes"]
+    # stratified limit: 30 per bias_type, two bias types
+    assert probe["n_total"] == 168 and probe["models"]["teacher"]["n_scored"] == 60
+    rows = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    probe_rows = [r for r in rows if r.get("probe") == "bundled"]
+    t_ids = sorted(r["item"] for r in probe_rows if r["model"] == "teacher")
+    s_ids = sorted(r["item"] for r in probe_rows if r["model"] == "student")
+    assert t_ids == s_ids and len(t_ids) == 60
+    # stored per-item numbers equal a direct scoring of the same items
+    items = {it.id: it for it in get_probe("bundled").load(None).items}
+    direct = score_probe_items(make_lm(tiny, backend="hflm"), get_probe("bundled"), [items[i] for i in t_ids[:5]],
+                               progress=False)
+    stored = {r["item"]: r for r in probe_rows if r["model"] == "teacher"}
+    for d in direct:
+        assert stored[d.item_id]["columns"]["margin"] == pytest.approx(d.columns["margin"], abs=1e-5)
+    # the comparisons: overall + per bias_type + per subgroup, with p_adj and a verdict each
+    comps = run["comparisons"]
+    groups = {(c["group_key"], c["group"]) for c in comps}
+    assert ("all", "all") in groups and ("bias_type", "gender") in groups and ("bias_type", "age") in groups
+    for c in comps:
+        assert c["verdict"] in {"inherited", "amplified", "attenuated", "introduced", "reversed",
+                                "not detected", "inconclusive"}
+        assert c["n"] >= 1
+    overall = next(c for c in comps if c["group_key"] == "all")
+    t_share = sum(stored[i]["columns"]["stereotyped"] for i in t_ids) / len(t_ids)
+    assert overall["teacher"]["value"] == pytest.approx(t_share)
+    assert overall["n"] == 60
+    (task,) = run["tasks"]
+    assert task["n"] == 20 and set(task["scores"]) == {"teacher", "student"}
+    assert "student" in task["retention"]
+
+    # a second audit of the same models computes nothing: every chunk comes from the cache
+    calls = []
+    original = ResultsCache.chunked
+
+    def spy(self, key, n, compute, **kw):
+        def wrapped(a, b):
+            calls.append(key.get("probe") or key.get("task"))
+            return compute(a, b)
+        return original(self, key, n, wrapped, **kw)
+
+    ResultsCache.chunked = spy
+    try:
+        out2, code2 = run_audit(_spec(tmp_path, tiny_model_dir, student_dir, out=str(tmp_path / "run2")), progress=False)
+    finally:
+        ResultsCache.chunked = original
+    assert code2 == 0 and calls == []
+    run2 = json.loads((out2 / "run.json").read_text())
+    assert run2["comparisons"] == run["comparisons"]
+
+
+def test_different_run_in_out_dir_is_refused_and_kept(tmp_path, tiny_model_dir, student_dir):
+    out, _ = run_audit(_spec(tmp_path, tiny_model_dir, student_dir, tasks=[]), progress=False)
+    before = (out / "run.json").read_text()
+    with pytest.raises(RunDirError, match="different audit run"):
+        run_audit(_spec(tmp_path, tiny_model_dir, student_dir, tasks=[], seed=7), progress=False)
+    assert (out / "run.json").read_text() == before
+
+
+def test_failed_model_keeps_results_and_reports_partial(tmp_path, tiny_model_dir):
+    spec = AuditSpec.from_dict(dict(teacher={"name": "teacher", "path": str(tiny_model_dir)},
+                                    students=[{"name": "ghost", "path": str(tmp_path / "missing")}],
+                                    probes=[{"name": "bundled", "limit": 12}], tasks=[], n_boot=200,
+                                    out=str(tmp_path / "r"), cache=str(tmp_path / "c"), backend="hflm"))
+    out, code = run_audit(spec, progress=False)
+    assert code == 2
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "partial"
+    assert run["errors"][0]["model"] == "ghost" and "does not exist" in run["errors"][0]["message"]
+    assert run["probes"][0]["models"]["teacher"]["n_scored"] == 24
+
+
+def test_resume_after_interruption_recomputes_only_missing_chunks(tmp_path):
+    cache = ResultsCache(tmp_path)
+    key = {"model": "m" * 64, "probe": "p"}
+    done = []
+
+    def compute(a, b):
+        if a >= 4 and not done:
+            done.append("crash")
+            raise KeyboardInterrupt
+        return [{"item": str(i)} for i in range(a, b)]
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.chunked(key, 10, compute, chunk=2)
+    seen = []
+
+    def again(a, b):
+        seen.append(a)
+        return compute(a, b)
+
+    rows, computed = cache.chunked(key, 10, again, chunk=2)
+    assert [r["item"] for r in rows] == [str(i) for i in range(10)]
+    assert seen == [4, 6, 8] and computed == 6
+
+
+def test_spec_errors_are_collected_with_did_you_mean(tmp_path):
+    bad = tmp_path / "spec.yaml"
+    bad.write_text("teacher: smollm2-135m\nprobes: [bundle]\ntaks: [bundled_qa]\nalpha: 3\n")
+    with pytest.raises(SpecError) as err:
+        AuditSpec.from_file(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "3 problem(s)" in msg
+    assert "Did you mean: bundled?" in msg and "Did you mean: tasks?" in msg and "alpha" in msg
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("teacher: [unclosed\n")
+    with pytest.raises(SpecError, match="line"):
+        AuditSpec.from_file(broken)
+    with pytest.raises(SpecError, match="not found"):
+        AuditSpec.from_file(tmp_path / "nope.yaml")
+
+
+def test_model_errors_are_clear(tmp_path):
+    from audit.errors import ModelError
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelError, match="no .safetensors"):
+        load_model(ModelRef(name="x", path=str(tmp_path)))
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(ModelRef(name="x", path=str(tmp_path / "nope")))
