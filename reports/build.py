@@ -1,0 +1,227 @@
+"""A stored run (run.json + items.jsonl) -> the view model every report format renders.
+
+``load_run`` is the only side effect (reading two files); ``build`` is pure: plain dicts
+and strings, already formatted, so templates hold no logic and every format says the
+same thing. Missing measurements become the word "missing" with the reason, never 0.
+Model outputs and dataset strings stay untrusted text here: escaping is the writers' job
+(jinja2 autoescape for HTML, ``md_escape`` for Markdown).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from audit.gate import GateResult, student_of
+
+VERDICTS = ("inherited", "amplified", "attenuated", "introduced", "reversed", "not detected", "inconclusive")
+# the order findings are shown in: what a reviewer must act on first
+FINDING_ORDER = ("amplified", "introduced", "reversed", "inherited", "attenuated")
+PROBE_LABELS = {"crows_pairs": "CrowS-Pairs", "stereoset": "StereoSet", "bbq": "BBQ", "winobias": "WinoBias",
+                "winogender": "Winogender", "holisticbias": "HolisticBias", "bold": "BOLD",
+                "bundled": "the bundled templates"}
+TECHNIQUES = {"soft_label": "soft-label", "hard_label": "hard-label", "co_distillation": "co-distilled"}
+MINUS = "\u2212"
+N_FINDINGS = 5
+N_EXAMPLES = 5
+
+
+# ---------------------------------------------------------------- reading (side effect)
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
+    """run.json and items.jsonl of a run folder; clear errors naming file and line."""
+    from audit.errors import RunDirError
+    from audit.gate import load_run_json
+
+    run = load_run_json(run_dir)
+    path = Path(run_dir) / "items.jsonl"
+    if not path.is_file():
+        raise RunDirError(f"{path}: not found. The audit writes it next to run.json; re-run the audit.")
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise RunDirError(f"{path}:{n}: not valid JSON ({exc}). Restore the file or re-run the audit.") from exc
+            if not isinstance(row, dict) or "model" not in row or "item" not in row:
+                raise RunDirError(f"{path}:{n}: expected an object with 'model' and 'item'. Re-run the audit.")
+            items.append(row)
+    return run, items
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def num(x: Any, fmt: str = ".1f", *, sign: bool = False) -> str:
+    """A number with a real minus sign; 'missing' for None/NaN."""
+    if missing(x):
+        return "missing"
+    text = format(x, ("+" if sign else "") + fmt)
+    return text.replace("-", MINUS)
+
+
+def ci_text(ci: Any, fmt: str = ".1f") -> str:
+    if not ci or any(missing(v) for v in ci):
+        return "missing"
+    return f"[{num(ci[0], fmt)}, {num(ci[1], fmt)}]"
+
+
+def probe_label(name: str) -> str:
+    return PROBE_LABELS.get(name, name)
+
+
+def student_label(model: dict) -> str:
+    tech = (model.get("card") or {}).get("technique")
+    kind = TECHNIQUES.get(tech, str(tech).replace("_", "-")) if tech else "student"
+    return f"{kind} student \u201c{model['name']}\u201d" if tech else f"student \u201c{model['name']}\u201d"
+
+
+def metric_value(value: Any, metric: dict) -> str:
+    """A metric value in the reader's units: percent for shares (scale 100, neutral in [0, 1])."""
+    if missing(value):
+        return "missing"
+    if metric.get("scale") == 100.0 and 0 <= (metric.get("neutral") or 0) <= 1:
+        return f"{value * 100:.0f}%"
+    return num(value, ".3g")
+
+
+def group_phrase(c: dict) -> str:
+    if c["group_key"] == "all":
+        return "overall bias"
+    if c["group_key"] == "bias_type":
+        return f"{c['group']} bias"
+    return f"bias on {c['group_key']} \u201c{c['group']}\u201d"
+
+
+def finding(c: dict, who: str, metric: dict) -> str:
+    """One plain sentence for a comparison with a decided verdict."""
+    _, s = student_of(c)
+    t, d, verdict = c["teacher"], c["delta"], c["verdict"]
+    word = metric.get("binary") or metric.get("name", "")
+    what = group_phrase(c)
+    where = probe_label(c["probe"])
+    numbers = (f"{metric_value(s.get('value'), metric)} vs {metric_value(t.get('value'), metric)} {word}, "
+               f"\u0394 {num(d.get('value'), sign=True)} pts {ci_text(d.get('ci'))}")
+    if verdict == "introduced":
+        return f"The {who} introduced a {what} on {where} that the teacher does not show: {numbers}."
+    return f"The {who} {verdict} the teacher's {what} on {where}: {numbers}."
+
+
+# ---------------------------------------------------------------- the view model (pure)
+
+
+def _metrics(run: dict) -> dict[tuple[str, str], dict]:
+    return {(p["probe"], m["name"]): m for p in run.get("probes", []) for m in p.get("metrics", [])}
+
+
+def _comparisons(run: dict, student: str | None = None) -> list[dict]:
+    return [c for c in run.get("comparisons", [])
+            if c.get("kind", "bias") == "bias" and (student is None or student_of(c)[0] == student)]
+
+
+def _findings(comps: list[dict], who: str, metrics: dict) -> list[str]:
+    ranked = sorted((c for c in comps if c.get("verdict") in FINDING_ORDER),
+                    key=lambda c: (FINDING_ORDER.index(c["verdict"]), c["group_key"] == "all",
+                                   -abs(c["delta"].get("value") or 0.0)))
+    return [finding(c, who, metrics.get((c["probe"], c["metric"]), {})) for c in ranked[:N_FINDINGS]]
+
+
+def _student_summary(model: dict, run: dict, gate: GateResult, metrics: dict) -> dict:
+    comps = _comparisons(run, model["name"])
+    counts = [{"verdict": v, "n": sum(c.get("verdict") == v for c in comps), "cls": v.replace(" ", "-")}
+              for v in VERDICTS]
+    status = gate.status_of(model["name"])
+    undecided = [c for c in comps if c.get("verdict") in (None, "inconclusive")]
+    who = student_label(model)
+    return {"name": model["name"], "label": who, "title": who[0].upper() + who[1:],
+            "status": status, "status_text": {"pass": "passes", "fail": "fails", "error": "cannot be certified"}[status],
+            "checks": [{"name": c.name, "status": c.status, "reason": c.reason} for c in gate.checks
+                       if c.student == model["name"] and c.status != "pass"],
+            "counts": counts, "findings": _findings(comps, who, metrics),
+            "n_inconclusive": len(undecided),
+            "inconclusive": [f"{probe_label(c['probe'])}, {group_phrase(c)}: {c.get('reason') or 'no reason stored'}"
+                             for c in undecided]}
+
+
+def _matrix(run: dict, students: list[dict]) -> list[dict]:
+    """Per student: rows probe·metric, columns groups; each cell names its verdict."""
+    comps = _comparisons(run)
+    columns: list[tuple[str, str]] = []
+    for c in comps:
+        key = (c["group_key"], c["group"])
+        if key not in columns:
+            columns.append(key)
+    columns.sort(key=lambda k: (k[0] != "all", k[0] != "bias_type", k[0], k[1]))
+    panels = []
+    for st in students:
+        rows = []
+        for probe, metric in dict.fromkeys((c["probe"], c["metric"]) for c in comps):
+            by = {(c["group_key"], c["group"]): c for c in comps
+                  if c["probe"] == probe and c["metric"] == metric and student_of(c)[0] == st["name"]}
+            cells = []
+            for key in columns:
+                c = by.get(key)
+                v = c.get("verdict") if c else None
+                cells.append({"verdict": v or "not measured", "cls": (v or "not-measured").replace(" ", "-"),
+                              "delta": f"\u0394 {num(c['delta'].get('value'), sign=True)}" if c else "",
+                              "title": (c.get("reason") or "") if c else "this probe has no such group"})
+            rows.append({"probe": probe_label(probe), "metric": metric, "cells": cells})
+        panels.append({"student": st["label"], "name": st["name"], "rows": rows})
+    headers = [{"key": k, "group": "overall" if k == "all" else g} for k, g in columns]
+    return [{"headers": headers, **p} for p in panels]
+
+
+def _tasks(run: dict, students: list[str]) -> dict:
+    rows = []
+    for t in run.get("tasks", []):
+        scores = t.get("scores") or {}
+        cells = [_score_text(scores.get(m), t.get("error")) for m in ["teacher", *students]]
+        ret = [_score_text((t.get("retention") or {}).get(s), t.get("error"), ".2f") for s in students]
+        rows.append({"task": t["task"], "metric": t.get("metric", ""), "n": t.get("n"),
+                     "error": t.get("error"), "scores": cells, "retention": ret})
+    return {"students": students, "rows": rows}
+
+
+def _score_text(score: dict | None, error: str | None, fmt: str = ".3f") -> str:
+    if not score or missing(score.get("value")):
+        return f"missing: {error}" if error else "missing: no value stored"
+    return f"{num(score['value'], fmt)} {ci_text(score.get('ci'), fmt)}"
+
+
+def build(run: dict, items: list[dict], gate: GateResult, *, figures: bool = True) -> dict:
+    """The whole report as plain data (``figures=False`` skips the SVGs, for md/json)."""
+    from reports import sections
+
+    models = run.get("models", [])
+    student_models = [m for m in models if m.get("role") == "student"]
+    names = [m["name"] for m in student_models]
+    metrics = _metrics(run)
+    students = [_student_summary(m, run, gate, metrics) for m in student_models]
+    view = {
+        "title": "bequeath audit: which biases did each student inherit?",
+        "created": run.get("created", "missing"), "status": run.get("status", "missing"),
+        "teacher": next((m["name"] for m in models if m.get("role") == "teacher"), "missing"),
+        "gate": {"exit_code": gate.exit_code, "status": gate.status_of(None),
+                 "policy": gate.policy.source, "fail_verdicts": list(gate.policy.fail_verdicts),
+                 "checks": [{"name": c.name, "status": c.status, "reason": c.reason} for c in gate.checks]},
+        "run_errors": [f"{e.get('model') or 'run'} / {e.get('stage')}: {e.get('message')}" for e in run.get("errors") or []],
+        "students": students, "verdicts": VERDICTS, "matrix": _matrix(run, students),
+        "tasks": _tasks(run, names), "probes": sections.probe_sections(run, items, names, N_EXAMPLES),
+        "cards": sections.card_comparison(models), "method": sections.method(run),
+        "content_warning": sections.CONTENT_WARNING, "forest": [],
+    }
+    if figures:
+        from reports.figures import forest_plots
+
+        view["forest"] = forest_plots(run)
+    return view

@@ -1,0 +1,33 @@
+"""``bequeath report RUN_DIR``: render a stored audit run (no model, no torch)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("report", help="render a stored audit run as HTML, Markdown, JSON and JUnit")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder holding run.json and items.jsonl")
+    p.add_argument("--format", default="html,md,json,junit",
+                   help="comma-separated formats among html, md, json, junit (default: all)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR)")
+    p.add_argument("--policy", default=None, help="gate policy YAML shown in the report (default: built-in policy)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from audit.errors import BequeathError
+    from audit.gate import Policy
+    from reports.render import render
+
+    try:
+        policy = Policy.from_file(args.policy) if args.policy else None
+        formats = [f.strip() for f in args.format.split(",") if f.strip()]
+        paths = render(Path(args.run_dir), Path(args.out) if args.out else None, formats, policy)
+    except BequeathError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    for fmt, path in paths.items():
+        print(f"{fmt}: {path}")
+    return 0

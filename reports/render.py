@@ -1,0 +1,96 @@
+"""Writers: a stored run -> report.html, summary.md, report.json, junit.xml (atomic writes).
+
+The HTML goes through a jinja2 Environment with autoescape and StrictUndefined: every
+string from the run (model outputs, item ids, dataset text, card fields) is escaped; only
+our own CSS and matplotlib's SVG (whose text matplotlib escapes) are marked safe.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from audit.gate import evaluate, to_json, to_junit, write_atomic
+
+if TYPE_CHECKING:
+    from audit.gate import Policy
+
+FORMATS = {"html": "report.html", "md": "summary.md", "json": "report.json", "junit": "junit.xml"}
+MD_MAX_FINDINGS = 3
+
+
+def html(view: dict) -> str:
+    import jinja2
+
+    templates = resources.files("reports.templates")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    css = (templates / "report.css").read_text(encoding="utf-8")
+    return env.get_template("report.html.j2").render(v=view, css=css)
+
+
+def md_escape(text: object) -> str:
+    """Untrusted text made inert in GitHub Markdown: HTML, emphasis, links and table pipes."""
+    out = str(text).replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for ch in "|*_`[]":
+        out = out.replace(ch, "\\" + ch)
+    return out.replace("\n", " ")
+
+
+def markdown(view: dict) -> str:
+    """A summary short enough for a pull-request comment."""
+    g = view["gate"]
+    lines = [f"### bequeath audit: gate **{g['status'].upper()}** (exit {g['exit_code']})", "",
+             f"Teacher `{md_escape(view['teacher'])}`, run {md_escape(view['created'])}, status {md_escape(view['status'])}.", "",
+             "| student | gate | " + " | ".join(view["verdicts"]) + " |",
+             "|---|---|" + "---|" * len(view["verdicts"])]
+    for s in view["students"]:
+        counts = " | ".join(str(c["n"]) for c in s["counts"])
+        lines.append(f"| {md_escape(s['name'])} | {s['status'].upper()} | {counts} |")
+    for s in view["students"]:
+        if s["findings"]:
+            lines += ["", f"**{md_escape(s['title'])}**"]
+            lines += [f"- {md_escape(f)}" for f in s["findings"][:MD_MAX_FINDINGS]]
+    bad = [c for c in g["checks"] if c["status"] != "pass"]
+    if bad:
+        lines += ["", f"Checks not passed ({len(bad)}):"]
+        lines += [f"- {c['status'].upper()} {md_escape(c['name'])}: {md_escape(c['reason'])}" for c in bad[:10]]
+        if len(bad) > 10:
+            lines.append(f"- ... and {len(bad) - 10} more (see report.html)")
+    return "\n".join(lines) + "\n"
+
+
+def json_report(view: dict, run: dict, gate) -> str:
+    """Verdicts and the numbers behind them (no SVG)."""
+    doc = {"schema_version": 1, "created": view["created"], "status": view["status"], "teacher": view["teacher"],
+           "gate": to_json(gate),
+           "students": [{k: s[k] for k in ("name", "label", "status", "findings")}
+                        | {"verdict_counts": {c["verdict"]: c["n"] for c in s["counts"]}} for s in view["students"]],
+           "comparisons": run.get("comparisons", []), "tasks": run.get("tasks", []),
+           "errors": run.get("errors") or []}
+    return json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def render(run_dir: Path, out_dir: Path | None = None, formats: Sequence[str] = ("html", "md", "json", "junit"),
+           policy: Policy | None = None) -> dict[str, Path]:
+    """Render a stored run into ``out_dir`` (default: the run folder); returns format -> path."""
+    from audit.errors import SpecError
+    from audit.gate import Policy
+    from reports.build import build, load_run
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        from audit.errors import did_you_mean
+
+        hints = "".join(did_you_mean(f, FORMATS) for f in unknown)
+        raise SpecError(f"unknown report format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}.{hints}")
+    run, items = load_run(run_dir)
+    gate = evaluate(run, policy or Policy())
+    view = build(run, items, gate, figures="html" in formats)
+    writers = {"html": lambda: html(view), "md": lambda: markdown(view),
+               "json": lambda: json_report(view, run, gate), "junit": lambda: to_junit(gate)}
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    return {f: write_atomic(out / FORMATS[f], writers[f]()) for f in formats}
