@@ -144,7 +144,7 @@ def _student_summary(model: dict, run: dict, gate: GateResult, metrics: dict) ->
     undecided = [c for c in comps if c.get("verdict") in (None, "inconclusive")]
     who = student_label(model)
     return {"name": model["name"], "label": who, "title": who[0].upper() + who[1:],
-            "status": status, "status_text": {"pass": "passes", "fail": "fails", "error": "cannot be certified"}[status],
+            "status": status, "status_text": {"pass": "passes", "fail": "fails", "error": "cannot be certified (error or insufficient evidence)"}[status],
             "checks": [{"name": c.name, "status": c.status, "reason": c.reason} for c in gate.checks
                        if c.student == model["name"] and c.status != "pass"],
             "counts": counts, "findings": _findings(comps, who, metrics),
