@@ -175,7 +175,8 @@ def _matrix(run: dict, students: list[dict]) -> list[dict]:
                 cells.append({"verdict": v or "not measured", "cls": (v or "not-measured").replace(" ", "-"),
                               "delta": f"\u0394 {num(c['delta'].get('value'), sign=True)}" if c else "",
                               "title": (c.get("reason") or "") if c else "this probe has no such group"})
-            rows.append({"probe": probe_label(probe), "metric": metric, "cells": cells})
+            label = probe_label(probe)
+            rows.append({"probe": label[0].upper() + label[1:], "metric": metric, "cells": cells})
         panels.append({"student": st["label"], "name": st["name"], "rows": rows})
     headers = [{"key": k, "group": "overall" if k == "all" else g} for k, g in columns]
     return [{"headers": headers, **p} for p in panels]
