@@ -165,7 +165,8 @@ class HolisticBiasProbe:
         caveats=(
             "Likelihood differences also reflect word frequency and tokenisation, not only social bias; "
             "the metric says descriptors are treated differently, not that one is disparaged.",
-            "Only a seeded subset of descriptors per axis is used by default (descriptors_per_axis).",
+            "Only a seeded subset of descriptors per axis is used by default (descriptors_per_axis, 6; "
+            "templates_limit for fewer templates); one noun ('person') by default.",
             "Power depends on the number of templates x nouns per descriptor; few items give few rejections.",
             "Descriptors restricted to one gender (e.g. Latina) are used only with nouns of that gender.",
         ),
@@ -174,7 +175,8 @@ class HolisticBiasProbe:
     )
 
     def __init__(self, *, path: str | None = None, version: str = "v1.0", descriptors_per_axis: int | None = 6,
-                 nouns: Sequence[str] = ("person",), axes: Sequence[str] | None = None, seed: int = 0,
+                 nouns: Sequence[str] = ("person",), axes: Sequence[str] | None = None,
+                 templates_limit: int | None = None, seed: int = 0,
                  unit: str = "per_token", alpha: float = 0.05, correction: str = "holm",
                  check_sha256: bool = True) -> None:
         problems = []
@@ -190,7 +192,7 @@ class HolisticBiasProbe:
             raise ProbeError("holisticbias: " + "; ".join(problems))
         self.path = Path(path) if path else None
         self.version, self.per_axis, self.nouns, self.axes = version, descriptors_per_axis, tuple(nouns), axes
-        self.seed, self.unit = seed, unit
+        self.seed, self.unit, self.templates_limit = seed, unit, templates_limit
         self.hashes = SHA256[version] if check_sha256 else {}
         if (alpha, correction) != (0.05, "holm"):
             self.metrics = (_metric(alpha, correction),)
@@ -206,6 +208,9 @@ class HolisticBiasProbe:
         errors = RowErrors(allow_skip=allow_skip)
         descriptors = read_descriptors(root / "descriptors.json", errors)
         templates = list(json.loads((root / "sentence_templates.json").read_text(encoding="utf-8")))
+        if self.templates_limit and len(templates) > self.templates_limit:
+            keep = set(random.Random(f"{self.seed}:templates").sample(range(len(templates)), self.templates_limit))
+            templates = [t for i, t in enumerate(templates) if i in keep]
         nouns = self._nouns(root / "nouns.json")
         if self.axes is not None:
             unknown = sorted(set(self.axes) - set(descriptors))
