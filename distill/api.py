@@ -1,0 +1,226 @@
+"""``run_distill``: spec in, student directory (weights + ``distill_card.json``) out.
+
+Output layout (``spec.output`` = OUT):
+
+- soft / hard: OUT is the student directory (model.safetensors, config, tokenizer,
+  distill_card.json; ``corpus.jsonl`` when the teacher wrote the corpus); checkpoints live in
+  OUT/checkpoints and a rerun resumes from the latest one.
+- co: OUT/student and OUT/teacher (and OUT/peer<i>) each hold an updated model with its card;
+  the student directory is returned.
+
+Launch with ``torchrun --nproc_per_node N -m audit.cli distill ...`` (or ``accelerate launch``)
+for DDP; nothing here changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from audit.errors import BequeathError
+from distill.spec import DistillSpec
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "accelerate", "bequeath"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _load_teacher(spec: DistillSpec) -> Any:
+    from audit.models import ModelRef, load_model
+
+    return load_model(ModelRef(name="teacher", path=spec.teacher, dtype=spec.dtype))
+
+
+class _Student:
+    def __init__(self, model: Any, tokenizer: Any, info: dict[str, Any]) -> None:
+        self.model, self.tokenizer, self.info = model, tokenizer, info
+
+
+def _build_student(spec: DistillSpec, teacher: Any) -> _Student:
+    from audit.models import ModelRef, load_model
+    from distill import students
+
+    init = spec.student
+    if init.source == "layers":
+        keep = students.layer_indices(init, teacher.model.config.num_hidden_layers)
+        model = students.from_layers(teacher.model, keep)
+        return _Student(model, teacher.tokenizer, {**init.as_dict(), "kept_layers": keep})
+    if init.source == "config":
+        model = students.from_config(teacher.model, init.config, seed=spec.seed)
+        return _Student(model, teacher.tokenizer, init.as_dict())
+    loaded = load_model(ModelRef(name="student", path=init.path, dtype=spec.dtype))
+    return _Student(loaded.model, loaded.tokenizer, {**init.as_dict(), "content_hash": loaded.content_hash})
+
+
+def _corpus(spec: DistillSpec, teacher: Any, out: Path, *, progress: bool) -> Path:
+    """The corpus file: given, or written by the teacher (reused when its provenance matches)."""
+    from audit.models import file_sha256
+    from distill import data
+
+    if spec.corpus != "generate":
+        return Path(spec.corpus)
+    prompts_file = Path(spec.prompts) if spec.prompts else data.seed_prompts_path()
+    prov = {"teacher": spec.teacher, "teacher_hash": teacher.content_hash, "prompts": str(prompts_file),
+            "prompts_sha256": file_sha256(prompts_file)}
+    path = out / "corpus.jsonl"
+    if path.is_file():
+        try:
+            first = json.loads(path.open(encoding="utf-8").readline())["provenance"]
+            same = {k: first.get(k) for k in prov} == prov and first.get("max_new_tokens") == spec.gen_max_new_tokens \
+                and first.get("temperature") == spec.gen_temperature and first.get("seed") == spec.seed
+            if same:
+                return path
+        except (ValueError, KeyError, TypeError):
+            pass
+    return data.generate_corpus(teacher, data.read_prompts(prompts_file), path, max_new_tokens=spec.gen_max_new_tokens,
+                                temperature=spec.gen_temperature, batch_size=spec.gen_batch_size, seed=spec.seed,
+                                progress=progress, provenance=prov)
+
+
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _training_args(spec: DistillSpec, out: Path) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"), max_steps=spec.max_steps, per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum, learning_rate=spec.lr, warmup_steps=spec.warmup_steps,
+        lr_scheduler_type="constant_with_warmup", weight_decay=spec.weight_decay, seed=spec.seed, data_seed=spec.seed,
+        logging_steps=1, save_strategy="steps" if spec.checkpoint_every else "no",
+        save_steps=spec.checkpoint_every or 500, report_to=[], disable_tqdm=True, remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding", use_cpu=not cuda, ddp_backend="gloo" if not cuda and _world_size() > 1 else None,
+        dataloader_num_workers=0, average_tokens_across_devices=True, bf16=spec.dtype == "bfloat16",
+        ddp_find_unused_parameters=False,
+    )
+
+
+def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
+    """Train a student as ``spec`` says; return the student directory (see the module doc)."""
+    import os
+
+    from transformers import PrinterCallback, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from distill import data, students, train
+
+    t0 = time.perf_counter()
+    out = Path(spec.output)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(spec.seed)
+    args = _training_args(spec, out)
+    teacher = _load_teacher(spec)
+    student = _build_student(spec, teacher)
+    vocab = students.shared_vocab(teacher, student, method=spec.method, hard_level=spec.hard_level)
+    if vocab is not None:
+        students.trim_padded_embedding(student.model, vocab)
+    with args.main_process_first(desc="corpus"):
+        corpus = _corpus(spec, teacher, out, progress=progress)
+    rows = data.read_corpus(corpus)
+    limits = [getattr(m.config, "max_position_embeddings", None) for m in (teacher.model, student.model)]
+    limits = [x for x in limits if x] if not (spec.method == "hard" and spec.hard_level == "sequence") else limits[1:]
+    examples = data.tokenize(rows, student.tokenizer, seq_len=spec.seq_len, max_positions=min(limits) if limits else None,
+                             response_only=spec.method == "hard" and spec.hard_level == "sequence")
+    data_hash = data.examples_hash(examples)
+    cache = None
+    if spec.cache:
+        with args.main_process_first(desc="logit cache"):
+            cache = _open_cache(spec, teacher, examples, data_hash, progress=progress)
+    set_seed(spec.seed)
+    kill = os.environ.get("BEQUEATH_DISTILL_KILL_AT_STEP")  # fault injection for the resume test
+    progress_cb = train.Progress(enabled=progress, kill_at_step=int(kill) if kill else None)
+    common = dict(args=args, train_dataset=examples, data_collator=data.Collator(pad_id=student.tokenizer.pad_token_id,
+                  cache=cache), callbacks=[progress_cb], processing_class=student.tokenizer)
+    if spec.method == "co":
+        peers = [teacher.model.train().requires_grad_(True), student.model]
+        for i in range(spec.peers):
+            peers.append(students.from_layers(teacher.model, students.layer_indices(spec.student, teacher.model.config.num_hidden_layers))
+                         if spec.student.source == "layers" else students.from_config(teacher.model, spec.student.config, seed=spec.seed + 1 + i))
+        trainer = train.CoDistillTrainer(model=train.PeerGroup(peers), spec=spec, vocab=vocab, **common)
+    else:
+        live = None if (cache is not None or _ce_only(spec)) else students.freeze(teacher.model)
+        trainer = train.DistillTrainer(model=student.model, spec=spec, teacher=live, vocab=vocab, **common)
+    trainer.remove_callback(PrinterCallback)
+    last = get_last_checkpoint(args.output_dir) if spec.resume and Path(args.output_dir).is_dir() else None
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    except train.NonFiniteLossError as exc:
+        where = out / f"checkpoint-nonfinite-step-{exc.step}"
+        trainer.save_model(str(where))
+        raise BequeathError(
+            f"Training stopped: the loss is {exc.value} at step {exc.step}. The weights before that step are saved "
+            f"in {where}. Lower the learning rate (lr={spec.lr}) or check the temperature ({spec.temperature})."
+        ) from None
+    if not trainer.is_world_process_zero():
+        return out / "student" if spec.method == "co" else out
+    card = _card(spec, teacher, student, corpus, data_hash, len(examples), trainer, progress_cb, cache, t0)
+    return _save(spec, out, trainer, teacher, student, card)
+
+
+def _ce_only(spec: DistillSpec) -> bool:
+    return (spec.method == "hard" and spec.hard_level == "sequence") or (spec.method == "soft" and spec.alpha == 0.0)
+
+
+def _open_cache(spec: DistillSpec, teacher: Any, examples: list, data_hash: str, *, progress: bool) -> Any:
+    from distill import cache as C
+
+    key = C.CacheKey(teacher_hash=teacher.content_hash, data_hash=data_hash, k=spec.top_k, temperature=1.0)
+    where = Path(spec.cache)
+    if not (where / "manifest.json").is_file():
+        C.build(teacher.model.eval(), examples, where, key=key, progress=progress)
+    return C.LogitCache(where, key=key)
+
+
+def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, progress_cb, cache, t0) -> dict[str, Any]:
+    from audit.models import file_sha256
+
+    st = trainer.state
+    technique = {"soft": f"soft-label ({spec.divergence})", "hard": f"hard-label ({spec.hard_level} level)",
+                 "co": "co-distillation"}[spec.method]
+    return {
+        "schema_version": 1, "technique": technique, "method": spec.method, "hyperparameters": spec.as_dict(),
+        "teacher": {"source": spec.teacher, "content_hash": teacher.content_hash, "n_params": teacher.n_params},
+        "data": {"corpus": str(corpus), "sha256": file_sha256(Path(corpus)), "tokenized_sha256": data_hash,
+                 "n_examples": n_examples},
+        "student_init": student.info, "student_n_params": sum(p.numel() for p in student.model.parameters()),
+        "steps": st.global_step, "tokens_seen": int(st.num_input_tokens_seen), "world_size": trainer.args.world_size,
+        "loss_curve": progress_cb.curve, "final_loss": progress_cb.curve[-1]["loss"] if progress_cb.curve else None,
+        "cache": {"dir": spec.cache, "k": spec.top_k} if cache is not None else None,
+        "wall_time_s": round(time.perf_counter() - t0, 2), "versions": _versions(),
+        "spec_sha256": hashlib.sha256(json.dumps(spec.as_dict(), sort_keys=True).encode()).hexdigest(),
+    }
+
+
+def _save_model(model: Any, tokenizer: Any, where: Path, card: dict[str, Any]) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(where, safe_serialization=True)
+    tokenizer.save_pretrained(where)
+    (where / "distill_card.json").write_text(json.dumps(card, indent=2))
+    return where
+
+
+def _save(spec, out: Path, trainer, teacher, student, card) -> Path:
+    if spec.method != "co":
+        return _save_model(student.model, student.tokenizer, out, card)
+    group = trainer.accelerator.unwrap_model(trainer.model)
+    names = ["teacher", "student"] + [f"peer{i}" for i in range(1, len(group.peers) - 1)]
+    for name, model in zip(names, group.peers, strict=True):
+        _save_model(model, student.tokenizer, out / name, {**card, "role": name})
+    return out / "student"

@@ -1,0 +1,188 @@
+"""Training text: read a corpus, let the teacher write one, tokenize, batch.
+
+A corpus is a ``.txt`` file (one text per non-empty line) or a ``.jsonl`` file whose rows
+hold ``text``, or ``prompt`` and ``response`` (the teacher-generated form, with provenance).
+Bad rows are errors that name the file and the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from audit.errors import SpecError
+from distill.losses import IGNORE
+
+
+class CorpusError(SpecError):
+    """The corpus is missing, empty or malformed (names the file and line)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    """One training text; ``prompt`` is set for prompt/response rows."""
+
+    text: str
+    prompt: str | None = None
+
+
+def seed_prompts_path() -> Path:
+    """The bundled seed prompts the teacher writes the demo corpus from."""
+    return Path(str(resources.files("distill") / "seed_prompts.txt"))
+
+
+def read_corpus(path: str | Path) -> list[Row]:
+    """Rows of a ``.txt`` or ``.jsonl`` corpus; errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise CorpusError(f"Corpus {p} does not exist; give a .txt or .jsonl file, or 'generate'.")
+    rows: list[Row] = []
+    with open(p, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            if p.suffix != ".jsonl":
+                rows.append(Row(text=line.rstrip("\n")))
+                continue
+            rows.append(_json_row(p, n, line))
+    if not rows:
+        raise CorpusError(f"Corpus {p} is empty: no non-blank line. Add texts (one per line) or rows of JSON.")
+    return rows
+
+
+def _json_row(p: Path, n: int, line: str) -> Row:
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        raise CorpusError(f"{p}:{n}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                          "each line must be one JSON object.") from None
+    if not isinstance(obj, dict):
+        raise CorpusError(f"{p}:{n}: expected a JSON object with 'text' or 'prompt'+'response', got {type(obj).__name__}.")
+    if isinstance(obj.get("text"), str) and obj["text"].strip():
+        return Row(text=obj["text"])
+    if isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
+        return Row(text=obj["prompt"] + obj["response"], prompt=obj["prompt"])
+    raise CorpusError(f"{p}:{n}: field 'text' (a non-empty string) or 'prompt' and 'response' is missing; "
+                      f"found fields {sorted(obj)}.")
+
+
+def tokenize(rows: list[Row], tokenizer: Any, *, seq_len: int, max_positions: int | None,
+             response_only: bool = False) -> list[dict[str, Any]]:
+    """Token ids and labels per row, truncated to ``seq_len`` (and the model's limit) with a warning.
+
+    Labels equal the ids (the loss shifts them); the first position is never a target, and with
+    ``response_only`` the prompt's tokens are not targets either (sequence-level hard-label).
+    """
+    limit = seq_len
+    if max_positions and seq_len > max_positions:
+        warnings.warn(f"seq_len {seq_len} is longer than the model allows ({max_positions}); using {max_positions}.",
+                      stacklevel=2)
+        limit = max_positions
+    out, cut = [], 0
+    eos = tokenizer.eos_token_id
+    for i, row in enumerate(rows):
+        ids = tokenizer(row.text, add_special_tokens=False)["input_ids"]
+        if eos is not None:
+            ids = ids + [eos]
+        n_prompt = len(tokenizer(row.prompt, add_special_tokens=False)["input_ids"]) if row.prompt and response_only else 1
+        if len(ids) > limit:
+            cut += 1
+            ids = ids[:limit]
+        labels = [IGNORE] * min(n_prompt, len(ids)) + ids[n_prompt:]
+        if len(ids) >= 2 and any(x != IGNORE for x in labels):
+            out.append({"input_ids": ids, "labels": labels, "idx": i})
+    if cut:
+        warnings.warn(f"{cut} of {len(rows)} texts were longer than {limit} tokens and were truncated.", stacklevel=2)
+    if not out:
+        raise CorpusError("No corpus row has a token to learn from (every row is empty after tokenization).")
+    return out
+
+
+def examples_hash(examples: list[dict[str, Any]]) -> str:
+    """Hash of the tokenized data (ids and labels): what a logit cache was built for."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex["input_ids"], ex["labels"]]).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Collator:
+    """Right-pads a batch; pad positions get label -100. Attaches cached teacher top-k rows."""
+
+    pad_id: int
+    cache: Any = None  # distill.cache.LogitCache
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(ex["input_ids"]) for ex in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, ex in enumerate(batch):
+            n = len(ex["input_ids"])
+            ids[r, :n] = torch.tensor(ex["input_ids"])
+            labels[r, :n] = torch.tensor(ex["labels"])
+            mask[r, :n] = 1
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if self.cache is not None:
+            out.update(self.cache.batch([ex["idx"] for ex in batch], width))
+        return out
+
+
+def generate_corpus(teacher: Any, prompts: list[str], out: Path, *, max_new_tokens: int, temperature: float,
+                    batch_size: int, seed: int, progress: bool = True,
+                    provenance: dict[str, Any] | None = None) -> Path:
+    """The teacher continues each prompt; rows ``{prompt, response, provenance}`` go to ``out`` (JSONL)."""
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    tok, model = teacher.tokenizer, teacher.model
+    side = tok.padding_side
+    tok.padding_side = "left"
+    torch.manual_seed(seed)
+    rows, t0, n_tokens = [], time.perf_counter(), 0
+    bar = tqdm(total=len(prompts), desc="teacher writes corpus", unit="prompt", disable=not progress)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                     temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                                     pad_token_id=tok.pad_token_id)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            n_tokens += int((new != tok.pad_token_id).sum())
+            for prompt, ids in zip(chunk, new, strict=True):
+                rows.append({"prompt": prompt, "response": tok.decode(ids, skip_special_tokens=True)})
+            bar.update(len(chunk))
+            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+    finally:
+        tok.padding_side = side
+        bar.close()
+    prov = dict(provenance or {}, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                n_prompts=len(prompts), wall_s=round(time.perf_counter() - t0, 2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps({**row, "provenance": prov}) + "\n")
+    return out
+
+
+def read_prompts(path: str | Path | None) -> list[str]:
+    """Prompts for generation: one per non-blank line (``#`` starts a comment)."""
+    p = Path(path) if path else seed_prompts_path()
+    if not p.is_file():
+        raise CorpusError(f"Prompt file {p} does not exist.")
+    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    if not prompts:
+        raise CorpusError(f"Prompt file {p} is empty: write one prompt per line.")
+    return prompts

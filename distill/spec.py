@@ -1,0 +1,235 @@
+"""``DistillSpec``: what to distil, how, and where; validated at the edge.
+
+Users write flat YAML (or CLI flags) with names and numbers. ``DistillSpec.from_dict``
+checks every field and reports all problems at once in one ``SpecError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.errors import SpecError, did_you_mean
+from distill.losses import DIVERGENCES
+
+METHODS = ("soft", "hard", "co")
+HARD_LEVELS = ("token", "sequence")
+STUDENT_FROM = ("layers", "config", "checkpoint")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentInit:
+    """How the student starts: a subset of the teacher's layers, a config, or a checkpoint.
+
+    ``layers``: every ``every``-th layer (0, every, 2·every, ...) or the explicit ``layers`` list,
+    with embeddings, final norm and head copied. ``config``: the teacher's config with the given
+    overrides (``config`` mapping, e.g. ``{num_hidden_layers: 4, hidden_size: 256}``), random init.
+    ``checkpoint``: an existing model directory (``path``).
+    """
+
+    source: str = "layers"
+    every: int | None = 5
+    layers: tuple[int, ...] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"from": self.source}
+        if self.source == "layers":
+            d.update({"layers": list(self.layers)} if self.layers is not None else {"every": self.every})
+        elif self.source == "config":
+            d["config"] = dict(self.config)
+        else:
+            d["path"] = self.path
+        return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillSpec:
+    """One distillation run. See ``docs`` in the CLI help for each field's meaning."""
+
+    teacher: str = "smollm2-135m"
+    method: str = "soft"
+    divergence: str = "forward_kl"
+    temperature: float = 2.0
+    alpha: float = 0.5
+    beta: float = 0.5  # JSD(β)
+    skew_lambda: float = 0.1
+    tau_squared: bool = True
+    hard_level: str = "token"
+    student: StudentInit = field(default_factory=StudentInit)
+    corpus: str = "generate"  # .txt / .jsonl path, or "generate" (teacher writes it from seed prompts)
+    prompts: str | None = None  # prompt file for corpus=generate (default: bundled seed prompts)
+    gen_max_new_tokens: int = 48
+    gen_temperature: float = 0.8
+    gen_batch_size: int = 16
+    max_steps: int = 60
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 3e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    seq_len: int = 128
+    seed: int = 0
+    output: str = "bequeath-out/student"
+    checkpoint_every: int = 0  # 0 = only the final model
+    resume: bool = True  # pick up the latest checkpoint under output, if any
+    cache: str | None = None  # teacher-logit cache directory (built when missing)
+    top_k: int = 64
+    peers: int = 0  # co-distillation: extra randomly-seeded students beside teacher and student
+    burn_in: int = 10  # co-distillation: steps over which λ ramps from 0
+    lam: float = 0.5  # co-distillation λ for students
+    teacher_lambda: float = 0.1  # co-distillation λ for the teacher
+    teacher_lr: float | None = None  # co-distillation: teacher learning rate (default lr/10)
+    snapshot_every: int = 0  # co-distillation: read peers from a snapshot refreshed every N steps
+    dtype: str = "float32"
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def demo(cls, out: Path) -> DistillSpec:
+        """The demo student: forward KL, τ=2, α=0.5, every 5th teacher layer, generated corpus."""
+        return cls(method="soft", divergence="forward_kl", temperature=2.0, alpha=0.5,
+                   student=StudentInit(source="layers", every=5), corpus="generate",
+                   output=str(out))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "<flags>") -> DistillSpec:
+        """Validate ``d`` (YAML or flags) and build a spec; all problems in one ``SpecError``."""
+        if not isinstance(d, dict):
+            raise SpecError(f"{source}: a distill spec must be a mapping, got {type(d).__name__}.")
+        errors: list[str] = []
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key not in known:
+                errors.append(f"unknown field '{key}'.{did_you_mean(key, known)}")
+                continue
+            if value is None and key not in ("cache", "prompts", "teacher_lr"):
+                continue
+            kwargs[key] = value
+        if "student" in kwargs:
+            kwargs["student"] = _student(kwargs["student"], errors)
+        _coerce(kwargs, errors)
+        spec = cls(**{k: v for k, v in kwargs.items() if v is not _BAD})
+        errors += spec.problems()
+        if errors:
+            raise SpecError(_message(source, errors))
+        return spec
+
+    def problems(self) -> list[str]:
+        """Cross-field checks; an empty list when the spec is runnable."""
+        e: list[str] = []
+        for name, value, allowed in (("method", self.method, METHODS), ("divergence", self.divergence, DIVERGENCES),
+                                     ("hard_level", self.hard_level, HARD_LEVELS)):
+            if value not in allowed:
+                e.append(f"{name} '{value}' is not one of {', '.join(allowed)}.{did_you_mean(value, allowed)}")
+        for name in ("temperature", "lr"):
+            if not getattr(self, name) > 0:
+                e.append(f"{name} must be > 0, got {getattr(self, name)}.")
+        for name in ("alpha", "beta", "skew_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                e.append(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+        for name in ("max_steps", "batch_size", "grad_accum", "seq_len", "top_k", "gen_max_new_tokens", "gen_batch_size"):
+            if getattr(self, name) < 1:
+                e.append(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("checkpoint_every", "peers", "burn_in", "snapshot_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                e.append(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.lam < 0 or self.teacher_lambda < 0:
+            e.append("lam and teacher_lambda must be >= 0.")
+        if self.cache and self.method == "co":
+            e.append("cache: co-distillation trains the teacher, so its logits cannot be cached; remove 'cache'.")
+        if self.cache and self.method == "hard" and self.hard_level == "sequence":
+            e.append("cache: sequence-level hard-label training needs no teacher logits; remove 'cache'.")
+        if self.method != "co" and self.peers:
+            e.append("peers: only co-distillation (method: co) trains peers.")
+        if self.dtype not in ("float32", "bfloat16"):
+            e.append(f"dtype '{self.dtype}' is not one of float32, bfloat16.")
+        return e
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["student"] = self.student.as_dict()
+        return d
+
+
+_BAD = object()
+
+
+def _message(source: str, errors: list[str]) -> str:
+    lines = "\n".join(f"  - {err}" for err in errors)
+    return f"{source}: invalid distill spec ({len(errors)} problem{'s' * (len(errors) > 1)}):\n{lines}"
+
+
+def _coerce(kwargs: dict[str, Any], errors: list[str]) -> None:
+    """Check each field's type against the dataclass annotation; numbers from flags are coerced."""
+    types = {f.name: f.type for f in dataclasses.fields(DistillSpec)}
+    for key, value in list(kwargs.items()):
+        t = str(types[key])
+        if value is None or key == "student":
+            continue
+        try:
+            if t.startswith("bool"):
+                if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                    value = value.lower() in ("true", "yes", "1")
+                if not isinstance(value, bool):
+                    raise TypeError
+            elif t.startswith("int"):
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise TypeError
+                value = int(value)
+            elif t.startswith("float"):
+                if isinstance(value, bool):
+                    raise TypeError
+                value = float(value)
+            elif t.startswith("str"):
+                if not isinstance(value, str | Path):
+                    raise TypeError
+                value = str(value)
+        except (TypeError, ValueError):
+            errors.append(f"{key}: expected {t.split(' ')[0]}, got {value!r}.")
+            value = _BAD
+        kwargs[key] = value
+
+
+def _student(value: Any, errors: list[str]) -> Any:
+    """Parse ``student: {from: layers, every: 5}`` and its variants."""
+    if isinstance(value, StudentInit):
+        return value
+    if not isinstance(value, dict):
+        errors.append(f"student: expected a mapping like {{from: layers, every: 5}}, got {value!r}.")
+        return _BAD
+    src = value.get("from", "layers")
+    if src not in STUDENT_FROM:
+        errors.append(f"student.from '{src}' is not one of {', '.join(STUDENT_FROM)}.{did_you_mean(str(src), STUDENT_FROM)}")
+        return _BAD
+    allowed = {"layers": {"from", "every", "layers"}, "config": {"from", "config"},
+               "checkpoint": {"from", "path"}}[src]
+    for key in set(value) - allowed:
+        errors.append(f"student.{key}: not a field of 'from: {src}' (expected {', '.join(sorted(allowed))})."
+                      f"{did_you_mean(key, allowed)}")
+    if src == "layers":
+        layers = value.get("layers")
+        every = value.get("every", None if layers is not None else 5)
+        if layers is not None:
+            if not isinstance(layers, list | tuple) or not layers or not all(isinstance(x, int) and x >= 0 for x in layers):
+                errors.append(f"student.layers: expected a non-empty list of layer indices, got {layers!r}.")
+                return _BAD
+            return StudentInit(source="layers", every=None, layers=tuple(layers))
+        if not isinstance(every, int) or every < 1:
+            errors.append(f"student.every: expected an integer >= 1, got {every!r}.")
+            return _BAD
+        return StudentInit(source="layers", every=every)
+    if src == "config":
+        cfg = value.get("config", {})
+        if not isinstance(cfg, dict) or not cfg:
+            errors.append("student.config: expected a mapping of config overrides, e.g. {num_hidden_layers: 4}.")
+            return _BAD
+        return StudentInit(source="config", every=None, config=dict(cfg))
+    if not value.get("path"):
+        errors.append("student.path: 'from: checkpoint' needs the model directory in 'path'.")
+        return _BAD
+    return StudentInit(source="checkpoint", every=None, path=str(value["path"]))
