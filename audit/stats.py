@@ -11,7 +11,7 @@ items' cluster labels (template or question id).
 - Statistics are arbitrary functions of named columns (``probes.base.Metric.compute``),
   so the generic path expands each draw to item indices (vectorised) and calls the
   statistic once per draw. Means (task accuracy) take a fully vectorised path: each draw
-  becomes a row of item weights and the means are one matrix product.
+  becomes a row of cluster counts and the means are one matrix product with cluster sums.
 - CIs are percentile intervals. A draw on which the statistic is undefined (NaN, e.g. a
   ratio with an empty denominator) is dropped; when more than 5 % of the draws are
   undefined the CI itself is reported as missing (None), never filled in.
@@ -83,12 +83,16 @@ def draw_clusters(n_clusters: int, n_boot: int, rng: np.random.Generator) -> np.
     return rng.integers(0, n_clusters, size=(n_boot, n_clusters))
 
 
-def cluster_weights(draws: np.ndarray, codes: np.ndarray, n_clusters: int) -> np.ndarray:
-    """``(n_boot, n_items)`` item weights: how often each item's cluster was drawn."""
+def cluster_counts(draws: np.ndarray, n_clusters: int) -> np.ndarray:
+    """``(n_boot, n_clusters)``: how often each cluster was drawn in each draw."""
     n_boot = draws.shape[0]
     flat = (draws + n_clusters * np.arange(n_boot)[:, None]).ravel()
-    counts = np.bincount(flat, minlength=n_boot * n_clusters).reshape(n_boot, n_clusters)
-    return counts[:, codes].astype(float)
+    return np.bincount(flat, minlength=n_boot * n_clusters).reshape(n_boot, n_clusters).astype(float)
+
+
+def cluster_weights(draws: np.ndarray, codes: np.ndarray, n_clusters: int) -> np.ndarray:
+    """``(n_boot, n_items)`` item weights: how often each item's cluster was drawn."""
+    return cluster_counts(draws, n_clusters)[:, codes]
 
 
 def draw_item_indices(draws: np.ndarray, codes: np.ndarray, n_clusters: int):
@@ -123,12 +127,16 @@ def stat_draws(stat: Stat, columns_list: Sequence[Columns], draws, codes, n_clus
     return out
 
 
-def mean_draws(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Vectorised weighted means of ``x`` (NaN entries ignored) for each row of ``weights``."""
+def mean_draws(x: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Vectorised bootstrap means of ``x`` (NaN entries ignored), one per row of ``counts``.
+
+    Works on per-cluster sums, so a draw costs O(n_clusters): mean = counts·sums / counts·sizes.
+    """
     x = np.asarray(x, dtype=float)
     ok = ~np.isnan(x)
-    num = weights @ np.where(ok, x, 0.0)
-    den = weights @ ok.astype(float)
+    k = counts.shape[1]
+    num = counts @ np.bincount(codes, weights=np.where(ok, x, 0.0), minlength=k)
+    den = counts @ np.bincount(codes, weights=ok.astype(float), minlength=k)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
@@ -230,8 +238,8 @@ def paired_mean_bootstrap(
     codes, k = cluster_codes(clusters)
     if k < 2:
         return _no_draws(t_value, s_value)
-    w = cluster_weights(draw_clusters(k, n_boot, rng), codes, k)
-    return _paired(t_value, s_value, pts(mean_draws(t, w)), pts(mean_draws(s, w)), level)
+    w = cluster_counts(draw_clusters(k, n_boot, rng), k)
+    return _paired(t_value, s_value, pts(mean_draws(t, codes, w)), pts(mean_draws(s, codes, w)), level)
 
 
 def paired_ratio_bootstrap(
@@ -247,8 +255,9 @@ def paired_ratio_bootstrap(
     codes, k = cluster_codes(clusters)
     if k < 2:
         return Estimate(value=value, ci=None)
-    w = cluster_weights(draw_clusters(k, n_boot, rng), codes, k)
-    return Estimate(value=value, ci=percentile_ci(_ratio(mean_draws(s, w), mean_draws(t, w)), level))
+    w = cluster_counts(draw_clusters(k, n_boot, rng), k)
+    ratios = _ratio(mean_draws(s, codes, w), mean_draws(t, codes, w))
+    return Estimate(value=value, ci=percentile_ci(ratios, level))
 
 
 def _ratio(num, den):
@@ -272,8 +281,8 @@ def mean_bootstrap(
     codes, k = cluster_codes(clusters)
     if k < 2:
         return Estimate(value=_nanmean(x), ci=None)
-    w = cluster_weights(draw_clusters(k, n_boot, rng), codes, k)
-    return Estimate(value=_nanmean(x), ci=percentile_ci(mean_draws(x, w), level))
+    w = cluster_counts(draw_clusters(k, n_boot, rng), k)
+    return Estimate(value=_nanmean(x), ci=percentile_ci(mean_draws(x, codes, w), level))
 
 
 # ---------------------------------------------------------------- tests and agreement
@@ -374,7 +383,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 __all__ = [
-    "Estimate", "Paired", "McNemar", "cluster_codes", "draw_clusters", "cluster_weights",
+    "Estimate", "Paired", "McNemar", "cluster_codes", "draw_clusters", "cluster_counts", "cluster_weights",
     "draw_item_indices", "stat_draws", "mean_draws", "percentile_ci", "bootstrap_p",
     "cluster_bootstrap", "paired_cluster_bootstrap", "paired_mean_bootstrap",
     "paired_ratio_bootstrap", "mean_bootstrap", "mcnemar_exact", "adjust_pvalues",
