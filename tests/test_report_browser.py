@@ -28,12 +28,21 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--no-default-browser-check", "--disable-extensions", "--remote-debugging-pipe"]
 
 
+def _find_chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
 def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail("chromium not found: install it with `apt-get install -y chromium` (CI installs it)")
+    """Debian's chromium; the test setup installs it with apt-get when running as root (as CI does)."""
+    found = _find_chromium()
+    if not found and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core",
+                       shell=True, env=env, capture_output=True, timeout=900)
+        found = _find_chromium()
+    if not found:
+        pytest.fail("chromium not found: install Debian's package with `apt-get install -y chromium`")
+    return found
 
 
 class Browser:
