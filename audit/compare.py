@@ -264,6 +264,8 @@ def _cell(metric: Metric, quality: Sequence[Metric], cell: Sequence[ItemInfo], t
         return rec
     ids = [it.id for it in cell]
     tc, sc = _cols(t_rows, ids), _cols(s_rows, ids)
+    for name in set(tc) ^ set(sc):  # a column one model lacks is missing (NaN) for it, not a crash
+        (sc if name in tc else tc)[name] = np.full(n, np.nan)
     pair = stats.paired_cluster_bootstrap(_bias_stat(metric), tc, sc, clusters, n_boot=settings.n_boot,
                                           rng=rng, level=settings.level)
     need = max(settings.min_items, metric.min_items)

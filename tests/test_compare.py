@@ -197,6 +197,16 @@ def test_nan_measurements_stay_missing_and_are_inconclusive():
     assert ctl["verdict"] == "inconclusive" and "missing" in ctl["reason"]
 
 
+def test_column_missing_for_one_model_is_missing_not_an_error():
+    items, t, s = _planted()
+    s2 = {k: {"margin": v["margin"]} for k, v in s.items()}  # the student has no "stereotyped" column
+    fin = finalize(compare_probe(probe="p", metrics=[pct_stereotype_metric()], group_keys=[], items=items,
+                                 teacher=t, students={"soft": s2}, settings=Settings()), Settings())
+    (rec,) = fin
+    assert rec["teacher"]["bias"] is not None and rec["student"]["bias"] is None
+    assert rec["mcnemar"]["p"] is None and rec["verdict"] == "inconclusive" and "missing" in rec["reason"]
+
+
 def test_group_with_no_paired_items_is_inconclusive():
     items, t, s = _planted()
     s2 = {k: v for k, v in s.items() if not k.startswith("thin-")}
