@@ -232,8 +232,7 @@ def compare_probe(*, probe: str, metrics: Sequence[Metric], group_keys: Sequence
     """One record per student x bias metric x group ("all"/"all" first, then each key's values).
 
     Only items scored by both models are used. p_adj and verdict stay None until ``finalize``.
-    The student's name is under "student_name": run-schema.md lists "student" twice (the name
-    and the student's numbers), which JSON cannot hold; "student" holds the numbers, like "teacher".
+    The student's name is under "student_name"; "student" holds its numbers, like "teacher".
     """
     quality = [m for m in metrics if m.kind == "quality"]
     cells = _groups(items, group_keys)
