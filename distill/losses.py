@@ -67,9 +67,9 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p‖q) per row, summed over the last dim; 0·log 0 = 0."""
+    """KL(p‖q) per row, summed over the last dim; 0·log 0 = 0 (NaN inputs stay NaN)."""
     p = logp.exp()
-    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+    return torch.where(p == 0, torch.zeros_like(p), p * (logp - logq)).sum(-1)
 
 
 def _mix(logp: torch.Tensor, logq: torch.Tensor, w: float) -> torch.Tensor:
@@ -213,8 +213,8 @@ def codistill_loss(logits: torch.Tensor, labels: torch.Tensor, peers: list[torch
     denom = _denominator(num_valid, mask)
     s = logits[mask]
     ce = F.cross_entropy(s.float(), labels[mask], reduction="sum") / denom
-    if lam == 0.0 or not peers:
-        return LossParts(total=ce, ce=ce, kd=s.sum() * 0.0)
+    if not peers:
+        return LossParts(total=ce, ce=ce, kd=s.sum() * 0.0)  # KD is still computed at λ=0, for the log
     s_logp = log_probs(s, temperature)
     kls = [_kl(log_probs(p[mask].detach(), temperature), s_logp).sum() for p in peers]
     kd = torch.stack(kls).mean() / denom

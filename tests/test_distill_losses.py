@@ -192,3 +192,11 @@ def test_hard_label_loss_is_ce_on_teacher_argmax_and_vocab_trim():
 def test_burn_in_ramp():
     assert [L.burn_in_weight(i, lam=1.0, burn_in=4) for i in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     assert L.burn_in_weight(0, lam=0.3, burn_in=0) == 0.3
+
+
+def test_nan_teacher_is_not_masked():
+    s, t, y = _data()
+    t[0, 0] = float("nan")
+    t[y != L.IGNORE] = float("nan")
+    for kind in L.DIVERGENCES:
+        assert torch.isnan(L.soft_label_loss(s, y, t, alpha=0.5, kind=kind).total)

@@ -1,0 +1,294 @@
+"""End-to-end distillation runs on the tiny model: spec/CLI, student init, vocab checks, bad
+input, logit cache, co-distillation, DDP (torchrun, gloo) and SIGKILL-resume equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from audit.errors import BequeathError, SpecError
+from distill.spec import DistillSpec
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "the a doctor nurse said went home because she he was tired happy and then later on day".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    import random
+
+    rng = random.Random(0)
+    p = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    p.write_text("".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))) + "\n" for _ in range(48)))
+    return p
+
+
+def _spec(teacher: Path, corpus: Path, out: Path, **kw) -> DistillSpec:
+    d = {"teacher": str(teacher), "corpus": str(corpus), "output": str(out), "max_steps": 3, "batch_size": 4,
+         "student": {"from": "layers", "every": 2}, "resume": False, "lr": 1e-3}
+    d.update(kw)
+    return DistillSpec.from_dict(d)
+
+
+def _weights(d: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(d / "model.safetensors"))
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.pop("BEQUEATH_DISTILL_KILL_AT_STEP", None)
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return ["-m", "distill.cli", "--no-progress", *args]
+
+
+# ---------------------------------------------------------------- spec and CLI
+
+
+def test_spec_collects_all_errors_with_did_you_mean():
+    with pytest.raises(SpecError) as e:
+        DistillSpec.from_dict({"methd": "soft", "divergence": "forward_k", "alpha": 1.5, "max_steps": "x",
+                               "student": {"from": "layer"}}, source="s.yaml")
+    msg = str(e.value)
+    assert msg.startswith("s.yaml: invalid distill spec (5 problems)")
+    for part in ("unknown field 'methd'. Did you mean: method?", "Did you mean: forward_kl?", "alpha must be in [0, 1]",
+                 "max_steps: expected int", "Did you mean: layers?"):
+        assert part in msg
+
+
+def test_demo_defaults():
+    s = DistillSpec.demo(Path("/tmp/x"))
+    assert (s.method, s.divergence, s.temperature, s.alpha, s.student.every, s.corpus, s.output) == (
+        "soft", "forward_kl", 2.0, 0.5, 5, "generate", "/tmp/x")
+
+
+def test_cli_flags_override_yaml(tmp_path):
+    import argparse
+
+    from distill import cli
+
+    y = tmp_path / "s.yaml"
+    y.write_text("method: hard\nhard_level: sequence\nmax_steps: 9\nstudent: {from: layers, every: 3}\n")
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["distill", str(y), "--max-steps", "4", "--layers", "0,2", "--no-tau-squared"])
+    d, source = cli.spec_dict(args)
+    spec = DistillSpec.from_dict(d, source=source)
+    assert (spec.method, spec.hard_level, spec.max_steps, spec.student.layers, spec.tau_squared) == (
+        "hard", "sequence", 4, (0, 2), False)
+    assert args.func is cli.run
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: soft\n  alpha: [\n")
+    with pytest.raises(SpecError, match=r"bad.yaml:\d+: not valid YAML"):
+        cli.spec_dict(parser.parse_args(["distill", str(bad)]))
+
+
+# ---------------------------------------------------------------- students and vocabularies
+
+
+def test_student_from_layers_copies_teacher_weights(tiny):
+    from distill.spec import StudentInit
+    from distill.students import from_layers, layer_indices
+
+    keep = layer_indices(StudentInit(source="layers", every=None, layers=(1,)), 2)
+    s = from_layers(tiny.model, keep)
+    assert s.config.num_hidden_layers == 1
+    t_sd, s_sd = tiny.model.state_dict(), s.state_dict()
+    for k, v in s_sd.items():
+        src = k.replace("layers.0.", "layers.1.")
+        torch.testing.assert_close(v, t_sd[src], rtol=0, atol=0)
+    with pytest.raises(SpecError, match="out of range"):
+        layer_indices(StudentInit(source="layers", every=None, layers=(0, 7)), 2)
+
+
+def test_padded_embedding_is_trimmed(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from distill.students import trim_padded_embedding
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    v = m.config.vocab_size
+    before = m.get_input_embeddings().weight[:v].clone()
+    m.resize_token_embeddings(v + 64)  # padded, like 151936 -> 152064
+    with pytest.warns(UserWarning, match=f"from {v + 64} to {v} rows"):
+        assert trim_padded_embedding(m, v)
+    assert m.get_input_embeddings().weight.shape[0] == v and m.lm_head.weight.shape[0] == v
+    torch.testing.assert_close(m.get_input_embeddings().weight, before)
+    assert not trim_padded_embedding(m, v)
+
+
+def _other_tokenizer_student(tiny_model_dir: Path, out: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_tokens(["<bequeath-extra-1>", "<bequeath-extra-2>"])
+    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    m.resize_token_embeddings(len(tok))
+    m.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_different_tokenizer_soft_is_error_naming_hard_label(tiny_model_dir, corpus, tmp_path):
+    other = _other_tokenizer_student(tiny_model_dir, tmp_path / "other")
+    from distill.api import run_distill
+
+    spec = _spec(tiny_model_dir, corpus, tmp_path / "o", student={"from": "checkpoint", "path": str(other)})
+    with pytest.raises(SpecError, match=r"tokenizer .* differs .*--method hard --hard-level sequence"):
+        run_distill(spec, progress=False)
+    # sequence-level hard-label works across tokenizers
+    seq = _spec(tiny_model_dir, corpus, tmp_path / "seq", method="hard", hard_level="sequence", max_steps=2,
+                student={"from": "checkpoint", "path": str(other)})
+    out = run_distill(seq, progress=False)
+    card = json.loads((out / "distill_card.json").read_text())
+    assert card["steps"] == 2 and card["technique"] == "hard-label (sequence level)"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_corpus_errors_name_file_and_line(tmp_path):
+    from distill.data import CorpusError, read_corpus
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(CorpusError, match=r"empty.txt is empty"):
+        read_corpus(empty)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n\n{"text": broken}\n')
+    with pytest.raises(CorpusError, match=r"bad.jsonl:3: not valid JSON"):
+        read_corpus(bad)
+    miss = tmp_path / "miss.jsonl"
+    miss.write_text('{"body": "x"}\n')
+    with pytest.raises(CorpusError, match=r"miss.jsonl:1: field 'text'.*found fields \['body'\]"):
+        read_corpus(miss)
+
+
+def test_long_sequences_are_truncated_with_warning(tiny):
+    from distill.data import Row, tokenize
+
+    rows = [Row(text="word " * 300), Row(text="short text")]
+    with pytest.warns(UserWarning) as rec:
+        ex = tokenize(rows, tiny.tokenizer, seq_len=1024, max_positions=64)
+    msgs = " ".join(str(w.message) for w in rec)
+    assert "longer than the model allows (64)" in msgs and "1 of 2 texts" in msgs
+    assert len(ex[0]["input_ids"]) == 64 and ex[0]["labels"][0] == -100
+
+
+def test_nonfinite_loss_stops_with_step_and_checkpoint(tiny_model_dir, corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from distill.api import run_distill
+
+    bad = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # a teacher whose logits are NaN
+    with torch.no_grad():
+        bad.model.norm.weight[0] = float("nan")
+    bad.save_pretrained(tmp_path / "bad")
+    shutil.copy(tiny_model_dir / "tokenizer.json", tmp_path / "bad")
+    shutil.copy(tiny_model_dir / "tokenizer_config.json", tmp_path / "bad")
+    spec = _spec(tmp_path / "bad", corpus, tmp_path / "nan", student={"from": "checkpoint", "path": str(tiny_model_dir)})
+    with pytest.raises(BequeathError, match=r"loss is nan at step 1") as e:
+        run_distill(spec, progress=False)
+    saved = tmp_path / "nan" / "checkpoint-nonfinite-step-1"
+    assert str(saved) in str(e.value) and (saved / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_logit_cache_trains_without_teacher_and_refuses_mismatch(tiny_model_dir, corpus, tmp_path):
+    from distill import api
+    from distill.cache import CacheMismatchError
+
+    cache = tmp_path / "cache"
+    out = api.run_distill(_spec(tiny_model_dir, corpus, tmp_path / "c1", cache=str(cache), top_k=8), progress=False)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["k"] == 8 and manifest["n_examples"] == 48
+    card = json.loads((out / "distill_card.json").read_text())
+    assert card["cache"] == {"dir": str(cache), "k": 8} and card["steps"] == 3
+    assert all(0 < e["loss_kd"] for e in card["loss_curve"])
+    with pytest.raises(CacheMismatchError, match="top-k 8.*needs 16"):
+        api.run_distill(_spec(tiny_model_dir, corpus, tmp_path / "c2", cache=str(cache), top_k=16), progress=False)
+    with pytest.raises(CacheMismatchError, match="other data"):
+        api.run_distill(_spec(tiny_model_dir, corpus, tmp_path / "c3", cache=str(cache), top_k=8, seq_len=8),
+                        progress=False)
+
+
+# ---------------------------------------------------------------- co-distillation
+
+
+def test_codistillation_updates_and_saves_teacher_and_student(tiny_model_dir, corpus, tmp_path):
+    from distill.api import run_distill
+
+    out = run_distill(_spec(tiny_model_dir, corpus, tmp_path / "co", method="co", burn_in=2, snapshot_every=2,
+                            teacher_lambda=0.1, lam=0.5), progress=False)
+    assert out == tmp_path / "co" / "student"
+    teacher_after = _weights(tmp_path / "co" / "teacher")
+    teacher_before = _weights(tiny_model_dir)
+    assert any(not torch.equal(teacher_after[k], teacher_before[k]) for k in teacher_before)
+    card = json.loads((out / "distill_card.json").read_text())
+    assert card["technique"] == "co-distillation" and card["steps"] == 3
+    first = card["loss_curve"][0]
+    assert first["loss_student_kd"] > 0 and first["loss_teacher_ce"] > 0
+    # burn-in: λ(0) = 0, so the first step's total is the sum of the cross-entropies alone
+    assert first["loss"] == pytest.approx(first["loss_teacher_ce"] + first["loss_student_ce"], rel=1e-5)
+
+
+# ---------------------------------------------------------------- scale: DDP and resume
+
+
+def test_ddp_two_processes_equal_single_process(tiny_model_dir, corpus, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, batch 2 each) == one process with batch 4."""
+    from distill.api import run_distill
+
+    single = run_distill(_spec(tiny_model_dir, corpus, tmp_path / "single"), progress=False)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", *_cli(
+        "--teacher", str(tiny_model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "ddp"), "--max-steps", "3",
+        "--batch-size", "2", "--every", "2", "--lr", "1e-3", "--no-resume")]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((tmp_path / "ddp" / "distill_card.json").read_text())
+    assert card["world_size"] == 2
+    a, b = _weights(single), _weights(tmp_path / "ddp")
+    assert a.keys() == b.keys()
+    # Adam divides by sqrt(v): float reduction order (gloo all-reduce vs one sum) can move a weight
+    # whose gradient is ~0 by a small fraction of one lr step (lr 1e-3); atol is 5% of that.
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=5e-5)
+    ref_curve = json.loads((single / "distill_card.json").read_text())["loss_curve"]
+    assert [round(e["loss"], 5) for e in card["loss_curve"]] == [round(e["loss"], 5) for e in ref_curve]
+    moved = _weights(tiny_model_dir)["model.embed_tokens.weight"]
+    assert not torch.equal(a["model.embed_tokens.weight"], moved)  # it trained
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, corpus, tmp_path):
+    from distill.api import run_distill
+
+    ref = run_distill(_spec(tiny_model_dir, corpus, tmp_path / "ref", max_steps=6, checkpoint_every=2), progress=False)
+    args = _cli("--teacher", str(tiny_model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "run"),
+                "--max-steps", "6", "--batch-size", "4", "--every", "2", "--lr", "1e-3", "--checkpoint-every", "2")
+    killed = subprocess.run([sys.executable, *args], cwd=REPO, env={**_env(), "BEQUEATH_DISTILL_KILL_AT_STEP": "5"},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["checkpoint-2", "checkpoint-4"]  # lost only step 5
+    assert not (tmp_path / "run" / "distill_card.json").exists()
+    resumed = subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _weights(ref), _weights(tmp_path / "run")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    card = json.loads((tmp_path / "run" / "distill_card.json").read_text())
+    assert card["steps"] == 6
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
