@@ -80,11 +80,12 @@ class MemoryModel:
 def split_request(context_enc: Sequence[int], continuation_enc: Sequence[int], max_length: int) -> Split:
     """HFLM's window ``(ctx + cont)[-(max_length+1):][:-1]``, cut before its last ``len(cont)`` positions."""
     if len(context_enc) < 1 or len(continuation_enc) < 1:
-        # HFLM asserts the same; ``loglikelihood`` gives an empty context the prefix token, so this only
-        # happens for an empty continuation (or one equal to the prefix token after an empty context).
+        # HFLM asserts the same. ``loglikelihood`` gives an empty context the prefix token, but a context of
+        # whitespace only loses it to the continuation (lm-eval's _encode_pair) and encodes to nothing.
         raise ValueError(
             f"Cannot score a request with {len(context_enc)} context and {len(continuation_enc)} continuation "
-            "tokens: both need at least one token (lm-eval's HFLM rejects it too). Drop empty continuations."
+            "tokens: both need at least one token, as in lm-eval's HFLM. A context of only whitespace encodes "
+            "to no tokens (use '' to condition on the prefix token); an empty continuation has nothing to score."
         )
     if len(continuation_enc) > max_length:
         raise ValueError(

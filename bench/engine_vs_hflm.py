@@ -1,0 +1,179 @@
+"""PrefixCacheLM vs lm-eval's HFLM on the real teacher: same numbers, how much faster.
+
+Runs lm-eval's own BBQ multiple-choice task config (12 options per item), a HellaSwag config that
+mirrors lm-eval's preprocessing, and lm-eval's crows_pairs_english config, each pointed at a local
+file of the first ``--n`` items, with both backends in one process, and prints
+
+    max_abs_loglik_diff = D     (over every request of every task)
+    bbq_speedup = R             (HFLM seconds / PrefixCacheLM seconds)
+    hellaswag_speedup = R
+    crows_speedup = R
+    projected_full_bbq_s = S    (all 6 local BBQ categories, 11,956 items, at the measured rate)
+
+Usage (offline):
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/engine_vs_hflm.py --n 200 --data ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BBQ_LOCAL_ITEMS = 11_956  # Age, Disability_status, Nationality, Physical_appearance, Religion, Sexual_orientation
+
+_HELLASWAG_UTILS = '''
+import re
+
+
+def preprocess(text):
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\\\[.*?\\\\]", "", text)
+    text = text.replace("  ", " ")
+    return text
+
+
+def process_docs(dataset):
+    # lm-eval's hellaswag.process_docs; the local file has ctx already joined (no ctx_a / ctx_b)
+    def _process_doc(doc):
+        return {
+            "query": preprocess(doc["activity_label"] + ": " + doc["ctx"]),
+            "choices": [preprocess(ending) for ending in doc["endings"]],
+            "gold": int(doc["label"]),
+        }
+
+    return dataset.map(_process_doc)
+'''
+
+_HELLASWAG_YAML = """task: bench_hellaswag
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+process_docs: !function hellaswag_utils.process_docs
+doc_to_text: "{{{{query}}}}"
+doc_to_target: "{{{{label}}}}"
+doc_to_choice: "choices"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def _local_task(src_yaml: Path, task: str, data: Path, *, fmt: str = "json") -> str:
+    """lm-eval's own task yaml, renamed and pointed at a local file."""
+    out = [f"task: {task}", f"dataset_path: {fmt}", "dataset_kwargs:", "  data_files:", f"    test: {data}",
+           "test_split: test"]
+    in_tag = False
+    for line in src_yaml.read_text().splitlines():
+        key = line.split(":")[0]
+        in_tag = key == "tag" or (in_tag and line.startswith("  - "))
+        if not in_tag and key not in {"task", "dataset_path", "dataset_name", "test_split"}:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def write_tasks(tmp: Path, data: Path, n: int) -> list[str]:
+    """Local copies of the first ``n`` items and task configs for bbq, hellaswag and crows_pairs."""
+    import lm_eval
+
+    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
+    with open(data / "bbq" / "Age.jsonl") as fh:
+        (tmp / "bbq.jsonl").write_text("".join(next(fh) for _ in range(n)))
+    shutil.copy(tasks_dir / "bbq" / "utils.py", tmp / "utils.py")
+    (tmp / "bench_bbq.yaml").write_text(
+        _local_task(tasks_dir / "bbq" / "bbq_multiple_choice.yaml", "bench_bbq", tmp / "bbq.jsonl"))
+
+    with open(data / "hellaswag" / "hellaswag_val.derived.jsonl") as fh:
+        (tmp / "hellaswag.jsonl").write_text("".join(next(fh) for _ in range(n)))
+    (tmp / "hellaswag_utils.py").write_text(_HELLASWAG_UTILS)
+    (tmp / "bench_hellaswag.yaml").write_text(_HELLASWAG_YAML.format(data=tmp / "hellaswag.jsonl"))
+
+    with open(data / "crows_pairs" / "crows_pairs_anonymized.csv", newline="") as fh:
+        rows = list(islice(csv.DictReader(fh), n))
+    (tmp / "crows.jsonl").write_text("".join(
+        json.dumps({"sent_more": r["sent_more"], "sent_less": r["sent_less"], "bias_type": r["bias_type"]}) + "\n"
+        for r in rows))
+    crows_dir = tasks_dir / "crows_pairs"
+    shutil.copy(crows_dir / "utils.py", tmp / "crows_utils.py")
+    crows = _local_task(crows_dir / "crows_pairs_english.yaml", "bench_crows", tmp / "crows.jsonl")
+    (tmp / "bench_crows.yaml").write_text(crows.replace("!function utils.", "!function crows_utils."))
+    return ["bench_bbq", "bench_hellaswag", "bench_crows"]
+
+
+def run_backend(lm, task_dict) -> tuple[float, dict[str, list[tuple[float, bool]]]]:
+    """Seconds for lm-eval's ``evaluate`` of every task, and each task's per-request answers."""
+    from lm_eval.evaluator import evaluate
+
+    answers, seconds = {}, {}
+    for name, task in task_dict.items():
+        t0 = time.perf_counter()
+        out = evaluate(lm=lm, task_dict={name: task}, log_samples=True, verbosity="ERROR")
+        seconds[name] = time.perf_counter() - t0
+        answers[name] = [tuple(r[0]) for s in sorted(out["samples"][name], key=lambda s: s["doc_id"])
+                         for r in s["resps"]]
+    return seconds, answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200, help="items per task (default 200)")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--hf-batch-size", type=int, default=32, help="HFLM batch size (default 32)")
+    ap.add_argument("--memory-budget-mb", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = ap.parse_args(argv)
+
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    sys.path.insert(0, str(REPO))
+    from audit.engine import PrefixCacheLM
+    from audit.models import ModelRef, load_model, prepare_demo_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(ModelRef(name="teacher", path=str(prepare_demo_teacher())))
+    common = dict(pretrained=loaded.model, tokenizer=loaded.tokenizer, device="cpu")
+    backends = {
+        "hflm": HFLM(batch_size=args.hf_batch_size, **common),
+        "engine": PrefixCacheLM(batch_size=args.hf_batch_size, memory_budget_mb=args.memory_budget_mb, **common),
+    }
+    with tempfile.TemporaryDirectory(prefix="bequeath-bench-") as tmp:
+        names = write_tasks(Path(tmp), args.data, args.n)
+        task_dict = get_task_dict(names, TaskManager(include_path=tmp, include_defaults=False))
+        results = {k: run_backend(lm, task_dict) for k, lm in backends.items()}
+    (t_hf, a_hf), (t_en, a_en) = results["hflm"], results["engine"]
+    diff, flips, n_req = 0.0, 0, 0
+    for name in names:
+        for (ll_h, g_h), (ll_e, g_e) in zip(a_hf[name], a_en[name], strict=True):
+            diff = max(diff, abs(ll_h - ll_e))
+            flips += g_h != g_e
+            n_req += 1
+        print(f"{name}: {len(a_hf[name])} requests, hflm {t_hf[name]:.1f} s, engine {t_en[name]:.1f} s")
+    print(f"requests = {n_req}, is_greedy_mismatches = {flips}")
+    print(f"max_abs_loglik_diff = {diff:.3g}")
+    for name, short in zip(names, ("bbq", "hellaswag", "crows"), strict=True):
+        print(f"{short}_speedup = {t_hf[name] / t_en[name]:.2f}")
+    rate = t_en["bench_bbq"] / args.n
+    print(f"projected_full_bbq_s = {rate * BBQ_LOCAL_ITEMS:.0f}  ({rate * BBQ_LOCAL_ITEMS / 3600:.2f} h engine; "
+          f"HFLM {t_hf['bench_bbq'] / args.n * BBQ_LOCAL_ITEMS / 3600:.2f} h)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
