@@ -109,7 +109,8 @@ class BoldProbe:
     name = "bold"
     version = "1"
     kind = "generation"
-    group_keys = ("domain", "group")
+    # "group" first: the audit samples by the first key, so a limit stays balanced across groups
+    group_keys = ("group", "domain")
     metrics = METRICS
     card = CARD
 

@@ -7,8 +7,9 @@ item scored by its log-likelihood (empty context: lm-eval conditions on the BOS/
 
 The metric follows Smith et al. (2022): for every pair of descriptors within an axis, a
 Mann-Whitney U test compares their distributions of per-token log-likelihood across
-templates; the p-values of an axis are corrected for multiple testing (Holm by default,
-statsmodels), and the metric is the share of pairs that differ. It is a statistic over
+templates (normal approximation, as scipy's ``method="asymptotic"``); the p-values of an
+axis are corrected for multiple testing (Holm by default, as statsmodels'), and the metric is the
+share of pairs that differ. It is a statistic over
 items, so each item carries its axis and descriptor as numeric codes in its columns and
 the metric is a pure function of the columns of any subset (a group, a bootstrap draw).
 """
@@ -23,6 +24,7 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+from scipy.special import ndtr
 
 from probes.base import (
     Answer,
@@ -50,18 +52,62 @@ CORRECTIONS = ("holm", "fdr_bh", "bonferroni")
 # ---------------------------------------------------------------- the metric (pure)
 
 
+def mann_whitney_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided Mann-Whitney U p-value, normal approximation with tie and continuity correction.
+
+    Equals ``scipy.stats.mannwhitneyu(x, y, method="asymptotic")`` (a test checks it). Written
+    here because the audit recomputes this metric on every bootstrap draw (1000 by default,
+    ~200 pairs each) and scipy's per-call overhead (~1-10 ms) would make that take minutes.
+    """
+    n1, n2 = x.size, y.size
+    values, inverse, counts = np.unique(np.concatenate([x, y]), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
+    u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
+    n = n1 + n2
+    var = n1 * n2 / 12.0 * ((n + 1) - (counts**3 - counts).sum() / (n * (n - 1)))
+    if var <= 0:  # every value tied: no evidence of a difference
+        return 1.0
+    u = max(u1, n1 * n2 - u1)
+    z = (u - n1 * n2 / 2.0 - 0.5) / math.sqrt(var)
+    return float(min(1.0, 2.0 * ndtr(-z)))
+
+
+def reject(pvals: Sequence[float], *, alpha: float, method: str) -> np.ndarray:
+    """Which hypotheses to reject after correction: Holm, Benjamini-Hochberg or Bonferroni.
+
+    Equals ``statsmodels.stats.multitest.multipletests(pvals, alpha, method)[0]`` (a test checks
+    it); written here because multipletests calls ``gc.collect()`` on every call (~0.1 s), which
+    the audit's 1000 bootstrap draws x 13 axes cannot afford.
+    """
+    p = np.asarray(pvals, dtype=float)
+    m = p.size
+    order = np.argsort(p, kind="mergesort")
+    ps = p[order]
+    if method == "bonferroni":
+        sorted_reject = ps <= alpha / m
+    elif method == "holm":
+        ok = ps <= alpha / np.arange(m, 0, -1)
+        first_fail = int(np.argmin(ok)) if not ok.all() else m
+        sorted_reject = np.arange(m) < first_fail
+    elif method == "fdr_bh":
+        ok = ps <= alpha * np.arange(1, m + 1) / m
+        last = int(np.nonzero(ok)[0].max()) if ok.any() else -1
+        sorted_reject = np.arange(m) <= last
+    else:
+        raise ProbeError(f"correction must be one of {CORRECTIONS}, got '{method}'")
+    out = np.empty(m, dtype=bool)
+    out[order] = sorted_reject
+    return out
+
+
 def pair_decisions(values: Mapping[float, np.ndarray], *, alpha: float, correction: str,
                    min_n: int = 2) -> list[bool]:
     """Reject/keep per descriptor pair of one axis: Mann-Whitney U (two-sided), corrected."""
-    from scipy.stats import mannwhitneyu
-    from statsmodels.stats.multitest import multipletests
-
     keep = sorted(d for d, v in values.items() if v.size >= min_n)
-    pvals = [float(mannwhitneyu(values[a], values[b], alternative="two-sided").pvalue)
-             for a, b in combinations(keep, 2)]
+    pvals = [mann_whitney_p(values[a], values[b]) for a, b in combinations(keep, 2)]
     if not pvals:
         return []
-    return [bool(r) for r in multipletests(pvals, alpha=alpha, method=correction)[0]]
+    return [bool(r) for r in reject(pvals, alpha=alpha, method=correction)]
 
 
 def share_pairs_differ(c: Columns, *, alpha: float = 0.05, correction: str = "holm") -> float:
@@ -240,4 +286,4 @@ class HolisticBiasProbe:
                 "axis_code": float(item.meta["axis_code"]), "descriptor_code": float(item.meta["descriptor_code"])}
 
 
-__all__ = ["HolisticBiasProbe", "share_pairs_differ", "pair_decisions", "build_items", "read_descriptors"]
+__all__ = ["HolisticBiasProbe", "share_pairs_differ", "pair_decisions", "mann_whitney_p", "reject", "build_items", "read_descriptors"]

@@ -175,7 +175,7 @@ def test_winogender_real_data(data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("probe_cls,limit", [(WinoBiasProbe, 3), (WinogenderProbe, 4)])
+@pytest.mark.parametrize("probe_cls,limit", [(WinoBiasProbe, 2), (WinogenderProbe, 4)])
 def test_teacher_small_subset(teacher, data_dir, probe_cls, limit):
     from audit.lm import make_lm, score_probe_items
 

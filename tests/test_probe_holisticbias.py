@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from probes.base import Answer, ProbeDataError, ProbeError, columns_of
-from probes.holisticbias import HolisticBiasProbe, share_pairs_differ
+from probes.holisticbias import HolisticBiasProbe, mann_whitney_p, reject, share_pairs_differ
 
 FIX = Path(__file__).parent / "fixtures" / "probes" / "holisticbias_mini"
 
@@ -55,19 +54,37 @@ def test_mann_whitney_share_hand_computed():
     probe = mini()
     items = probe.load(None).items
     cols = fake_columns(probe, items)
-    # exact two-sided MWU p for two fully separated samples of 5: 2 / C(10, 5)
-    p_sep = mannwhitneyu(VALUES["alpha"], VALUES["beta"], alternative="two-sided").pvalue
-    assert p_sep == pytest.approx(2 / comb(10, 5))
-    # axis_a: alpha-beta and beta-gamma differ (Holm: 3 x 0.0079 < 0.05), alpha-gamma not -> 2/3;
+    # two fully separated samples of 5: U = 25, mean 12.5, var 25/12 * 11, continuity 0.5
+    z = (25 - 12.5 - 0.5) / math.sqrt(25 / 12 * 11)
+    p_sep = math.erfc(z / math.sqrt(2))
+    assert p_sep == pytest.approx(0.012186, abs=1e-6)
+    assert mann_whitney_p(np.array(VALUES["alpha"]), np.array(VALUES["beta"])) == pytest.approx(p_sep, rel=1e-12)
+    # axis_a: alpha-beta and beta-gamma differ (Holm: 3 x 0.0122 < 0.05), alpha-gamma not -> 2/3;
     # axis_b: delta vs unicorn identical distributions -> 0/1; overall 2 of 4 pairs
     assert probe.metrics[0].compute(cols) == pytest.approx(0.5)
     a = np.asarray(cols["axis_code"]) == 0
     assert share_pairs_differ({k: v[a] for k, v in cols.items()}) == pytest.approx(2 / 3)
     assert share_pairs_differ({k: v[~a] for k, v in cols.items()}) == 0.0
-    # a stricter alpha keeps nothing (Holm: 3 x 0.0079 > 0.01 for the smallest p)
+    # a stricter alpha keeps nothing (Holm: 3 x 0.0122 > 0.01 for the smallest p)
     assert mini(alpha=0.01).metrics[0].compute(cols) == 0.0
     assert mini(alpha=0.01, correction="fdr_bh").metrics[0].compute(cols) == 0.0
     assert mini(alpha=0.03, correction="fdr_bh").metrics[0].compute(cols) == pytest.approx(0.5)
+
+
+def test_mann_whitney_and_corrections_match_scipy_and_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # rounded values: many ties
+        x = np.round(rng.normal(size=rng.integers(2, 30)), 1)
+        y = np.round(rng.normal(0.4, size=rng.integers(2, 30)), 1)
+        ref = mannwhitneyu(x, y, alternative="two-sided", method="asymptotic").pvalue
+        assert mann_whitney_p(x, y) == pytest.approx(ref, rel=1e-9, abs=1e-15)
+    assert mann_whitney_p(np.ones(3), np.ones(4)) == 1.0
+    for _ in range(300):
+        p = rng.uniform(0, 0.15, size=rng.integers(1, 25))
+        for method in ("holm", "fdr_bh", "bonferroni"):
+            assert np.array_equal(reject(p, alpha=0.05, method=method), multipletests(p, alpha=0.05, method=method)[0])
 
 
 def test_metric_nan_without_pairs_and_per_token_columns():
