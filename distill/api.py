@@ -170,7 +170,7 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
         ) from None
     if not trainer.is_world_process_zero():
         return out / "student" if spec.method == "co" else out
-    card = _card(spec, teacher, student, corpus, data_hash, len(examples), trainer, progress_cb, cache, t0)
+    card = _card(spec, teacher, student, corpus, data_hash, len(examples), trainer, cache, t0)
     return _save(spec, out, trainer, teacher, student, card)
 
 
@@ -188,10 +188,13 @@ def _open_cache(spec: DistillSpec, teacher: Any, examples: list, data_hash: str,
     return C.LogitCache(where, key=key)
 
 
-def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, progress_cb, cache, t0) -> dict[str, Any]:
+def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, cache, t0) -> dict[str, Any]:
     from audit.models import file_sha256
 
     st = trainer.state
+    # log_history survives resume (it is in each checkpoint's trainer_state.json)
+    curve = [{"step": e["step"], **{k: v for k, v in e.items() if k.startswith("loss")}}
+             for e in st.log_history if "loss" in e]
     technique = {"soft": f"soft-label ({spec.divergence})", "hard": f"hard-label ({spec.hard_level} level)",
                  "co": "co-distillation"}[spec.method]
     return {
@@ -201,7 +204,7 @@ def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, progre
                  "n_examples": n_examples},
         "student_init": student.info, "student_n_params": sum(p.numel() for p in student.model.parameters()),
         "steps": st.global_step, "tokens_seen": int(st.num_input_tokens_seen), "world_size": trainer.args.world_size,
-        "loss_curve": progress_cb.curve, "final_loss": progress_cb.curve[-1]["loss"] if progress_cb.curve else None,
+        "loss_curve": curve, "final_loss": curve[-1]["loss"] if curve else None,
         "cache": {"dir": spec.cache, "k": spec.top_k} if cache is not None else None,
         "wall_time_s": round(time.perf_counter() - t0, 2), "versions": _versions(),
         "spec_sha256": hashlib.sha256(json.dumps(spec.as_dict(), sort_keys=True).encode()).hexdigest(),

@@ -202,11 +202,10 @@ class CoDistillTrainer(_LossMixin, Trainer):
 
 
 class Progress(TrainerCallback):
-    """A tqdm bar with loss and tokens/s; keeps the loss curve for the card."""
+    """A tqdm bar with loss and tokens/s (the loss curve itself is the Trainer's log_history)."""
 
     def __init__(self, *, enabled: bool, kill_at_step: int | None = None) -> None:
         self.enabled, self.kill_at_step = enabled, kill_at_step
-        self.curve: list[dict[str, float]] = []
         self.bar = None
         self.t0 = 0.0
         self.tokens0 = 0
@@ -225,8 +224,6 @@ class Progress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            entry = {"step": state.global_step, **{k: v for k, v in logs.items() if k.startswith("loss")}}
-            self.curve.append(entry)
             dt = max(time.perf_counter() - self.t0, 1e-9)
             tok_s = (state.num_input_tokens_seen - self.tokens0) / dt
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{tok_s:.0f}")

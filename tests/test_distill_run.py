@@ -287,8 +287,51 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, corpus, tmp_pa
     resumed = subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = _weights(ref), _weights(tmp_path / "run")
+    # the reference ran in this process (2 threads), the resumed run with 1: reduction order differs,
+    # which Adam can amplify on ~0 gradients to a small fraction of one lr step
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=5e-5)
     card = json.loads((tmp_path / "run" / "distill_card.json").read_text())
     assert card["steps"] == 6
+    ref_curve = json.loads((ref / "distill_card.json").read_text())["loss_curve"]
+    assert [e["step"] for e in card["loss_curve"]] == [1, 2, 3, 4, 5, 6]  # steps 1-4 from the checkpoint
+    assert [round(e["loss"], 5) for e in card["loss_curve"]] == [round(e["loss"], 5) for e in ref_curve]
     shutil.rmtree(tmp_path / "run" / "checkpoints")
+
+
+# ---------------------------------------------------------------- frozen teacher, held-out metrics
+
+
+def test_frozen_teacher_has_no_grad_and_no_optimizer_state(tiny, tmp_path):
+    from transformers import TrainingArguments
+
+    from distill.students import freeze, from_layers
+    from distill.train import DistillTrainer
+
+    teacher = freeze(from_layers(tiny.model, [0, 1]))
+    student = from_layers(tiny.model, [1]).train()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, remove_unused_columns=False)
+    tr = DistillTrainer(model=student, args=args, spec=DistillSpec(), teacher=teacher, vocab=None)
+    opt = tr.create_optimizer()
+    ids = torch.randint(0, 1000, (2, 12))
+    tr.training_step(student, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}, 22)
+    opt.step()
+    assert not any(p.requires_grad or p.grad is not None for p in teacher.parameters())
+    opt_params = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not opt_params & {id(p) for p in teacher.parameters()}
+    assert opt_params == {id(p) for p in student.parameters()}
+    assert all(id(p) in opt_params for p in opt.state)
+
+
+def test_heldout_kl_of_a_model_with_itself_is_zero(tiny):
+    from distill.data import Row, tokenize
+    from distill.evaluate import heldout
+    from distill.students import from_layers
+
+    ex = tokenize([Row(text="the nurse said she was tired"), Row(text="he went home")], tiny.tokenizer,
+                  seq_len=32, max_positions=None)
+    same = heldout(tiny.model, tiny.model, ex, pad_id=tiny.tokenizer.pad_token_id)
+    assert same.kl_to_teacher == pytest.approx(0.0, abs=1e-6) and same.student_ppl == pytest.approx(same.teacher_ppl)
+    assert same.n_tokens == sum(len(e["input_ids"]) - 1 for e in ex)
+    other = heldout(tiny.model, from_layers(tiny.model, [0]), ex, pad_id=tiny.tokenizer.pad_token_id)
+    assert other.kl_to_teacher > 1e-4
