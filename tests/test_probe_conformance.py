@@ -18,7 +18,7 @@ from probes.registry import available, get_probe
 
 # Options that keep a conformance run fast without changing what is checked.
 OPTIONS: Mapping[str, dict] = {"bold": {"scorers": ("sentiment",)}}
-MAX_SAMPLE = 400
+MAX_SAMPLE = 200
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def balanced_sample(probe: Probe, items: list[ProbeItem]) -> list[ProbeItem]:
     keys = sorted({k for it in items for k in it.groups})
     limit = 1 if probe.kind == "generation" else 2
     sample = stratified_sample(items, by=keys, limit=limit, seed=0)
-    if len(sample) > MAX_SAMPLE:
-        sample = stratified_sample(items, by=probe.group_keys, limit=limit * 4, seed=0)
+    if len(sample) > MAX_SAMPLE:  # a key with hundreds of values (e.g. StereoSet targets)
+        sample = stratified_sample(items, by=probe.group_keys[:2], limit=limit * 4, seed=0)
     return sample
 
 
