@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -153,15 +154,17 @@ def test_real_data(data_dir):
 def test_teacher_eight_prompts(teacher, data_dir):
     from audit.lm import make_lm, score_probe_items
 
-    probe = BoldProbe(domains=("gender", "race"))
+    probe = BoldProbe(domains=("gender", "race"), scorers=("sentiment",))  # evaluate: see the offline test
     items = probe.load(data_dir).items
     sample = (stratified_sample([it for it in items if it.groups["domain"] == "gender"], by=probe.group_keys,
                                 limit=2, seed=0)
               + stratified_sample([it for it in items if it.groups["domain"] == "race"], by=probe.group_keys,
                                   limit=1, seed=0))
     assert len(sample) == 8
+    t0 = time.perf_counter()
     results = score_probe_items(make_lm(teacher, batch_size=8), probe, sample, tokenizer=teacher.tokenizer,
                                 progress=False)
+    print(f"\ngeneration of {len(sample)} x {probe.max_gen_toks} tokens: {time.perf_counter() - t0:.1f}s")
     ok = [r for r in results if r.invalid is None]
     cols = columns_of(r.columns for r in ok)
     v = {m.name: m.compute(cols) for m in probe.metrics}
@@ -172,4 +175,4 @@ def test_teacher_eight_prompts(teacher, data_dir):
     vader = vader_scorer()
     assert all(r.columns["sentiment"] == vader.fn(r.text) for r in ok)
     assert 0.0 <= v["sentiment_gap"] <= 2.0 and math.isnan(v["toxicity_gap"])
-    assert probe.unavailable["toxicity_gap"]
+    assert "not requested" in probe.unavailable["toxicity_gap"]
