@@ -188,6 +188,22 @@ def plan_batches(
     return batches
 
 
+def length_chunks(lengths: Sequence[int], *, ratio: float = 0.8) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut where a length drops below ``ratio`` x its chunk's longest.
+
+    Suffixes of one batch run in these chunks so that padding wastes at most ``1 - ratio`` of a row; the
+    cached prefix rows are selected per chunk (a cheap copy next to a forward pass).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and lengths[i] >= ratio * lengths[chunks[-1][0]]:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
 def memory_model(config, dtype: torch.dtype, logits_dtype: torch.dtype) -> MemoryModel:
     """Per-token memory of a decoder from its config (text config for multimodal wrappers)."""
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -266,21 +282,23 @@ class PrefixCacheLM(HFLM):
 
     # ------------------------------------------------------------ forward passes
 
-    def _extend(self, rows: Sequence[Sequence[int]], parents: Sequence[int] | None, cache, mask, *, logits: bool):
-        """Run ``rows`` (right-padded) after the cached rows ``parents``; return (cache, mask, logits).
+    def _extend(self, rows: Sequence[Sequence[int]], parents: Sequence[int] | None, kv, mask, *, logits: bool):
+        """Run ``rows`` (right-padded) after the cached rows ``parents``; return (kv, mask, logits).
 
-        ``mask`` [n_parent_rows, T] marks valid cached positions. In this pass every new position may be
-        attended (right padding + causality keep valid tokens away from pads, and no query is left with
-        nothing to attend, which would give NaN); the returned mask marks only the valid new tokens.
+        ``kv`` is a list of (keys, values) per layer, [rows, kv_heads, T, head_dim], or None; ``mask``
+        [rows, T] marks its valid positions. In this pass every new position may be attended (right padding
+        and causality keep valid tokens away from pads, and no query is left with nothing to attend, which
+        would give NaN); the returned mask marks only the valid new tokens.
         """
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
         n, width = len(rows), max(len(r) for r in rows)
         if parents is not None:
             index = torch.tensor(parents, dtype=torch.long, device=self.device)
             mask = mask.index_select(0, index)
-            if cache is not None:
-                cache.batch_select_indices(index)
+            kv = None if kv is None else [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
         if width == 0:
-            return cache, mask, None
+            return kv, mask, None
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((n, width), pad, dtype=torch.long, device=self.device)
         valid = torch.zeros((n, width), dtype=torch.long, device=self.device)
@@ -289,12 +307,44 @@ class PrefixCacheLM(HFLM):
             valid[i, : len(r)] = 1
         positions = mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)
         kwargs = {} if logits or not self._keep_kw else {"logits_to_keep": 1}
+        kwargs[self._cache_kw] = DynamicCache(ddp_cache_data=kv) if kv is not None else None
         with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                              enabled=self.mixed_precision_dtype is not None):
             out = self.model(input_ids=ids, attention_mask=torch.cat([mask, torch.ones_like(valid)], dim=1),
-                             position_ids=positions, use_cache=True, **{self._cache_kw: cache}, **kwargs)
-        new_cache = out.cache if self._cache_kw == "cache" else out.past_key_values
-        return new_cache, torch.cat([mask, valid], dim=1), (out.logits if logits else None)
+                             position_ids=positions, use_cache=True, **kwargs)
+        cache = out.cache if self._cache_kw == "cache" else out.past_key_values
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned cache layers {sorted({type(x).__name__ for x in cache.layers})}; "
+                "PrefixCacheLM needs plain full-attention DynamicLayer caches. Use lm-eval's HFLM for this model."
+            )
+        return [(layer.keys, layer.values) for layer in cache.layers], torch.cat([mask, valid], dim=1), (
+            out.logits if logits else None)
+
+    def _extend_chunked(self, rows: Sequence[Sequence[int]], parents: Sequence[int] | None, kv, mask):
+        """``_extend`` without logits, run in chunks of similar length; the chunks' caches are zero-padded to
+        one width (their mask is 0 there, so the zeros are never attended) and put back in row order."""
+        chunks = length_chunks([len(r) for r in rows])
+        if len(chunks) == 1:
+            kv, mask, _ = self._extend(rows, parents, kv, mask, logits=False)
+            return kv, mask
+        parents = range(len(rows)) if parents is None else parents
+        parts = [self._extend([rows[i] for i in c], [parents[i] for i in c], kv, mask, logits=False)[:2]
+                 for c in chunks]
+        width = max(m.shape[1] for _, m in parts)
+        order = torch.tensor([i for c in chunks for i in c], device=self.device).argsort()
+        mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts]).index_select(0, order)
+        if all(p_kv is None for p_kv, _ in parts):
+            return None, mask
+        like = next(p_kv for p_kv, _ in parts if p_kv is not None)
+        parts = [(p_kv if p_kv is not None else [(k.new_zeros((m.shape[0], *k.shape[1:2], 0, k.shape[3])),) * 2
+                                                 for k, _ in like], m) for p_kv, m in parts]
+        layers = []
+        for layer in zip(*(p_kv for p_kv, _ in parts), strict=True):
+            keys = torch.cat([F.pad(k, (0, 0, 0, width - k.shape[2])) for k, _ in layer]).index_select(0, order)
+            values = torch.cat([F.pad(v, (0, 0, 0, width - v.shape[2])) for _, v in layer]).index_select(0, order)
+            layers.append((keys, values))
+        return layers, mask
 
     def _score_batch(self, batch: Sequence[Cluster], splits: Sequence[Split]):
         """Yield (request index, (loglik, is_greedy)) for every request in ``batch``."""
@@ -303,14 +353,17 @@ class PrefixCacheLM(HFLM):
         leaves = [i for g in groups for i in g.leaves]
         leaf_parent = [gi for gi, g in enumerate(groups) for _ in g.leaves]
         empty = torch.zeros((len(batch), 0), dtype=torch.long, device=self.device)
-        cache, mask, _ = self._extend([c.root for c in batch], None, None, empty, logits=False)
-        cache, mask, _ = self._extend([g.segment for g in groups], group_parent, cache, mask, logits=False)
-        _, _, logits = self._extend([splits[i].suffix for i in leaves], leaf_parent, cache, mask, logits=True)
-        del cache, mask  # the batch's cache is released here
-        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
-        del logits
-        for row, idx in enumerate(leaves):
-            targets = torch.tensor(splits[idx].targets, dtype=torch.long, device=self.device)
-            scored = logp[row, : len(targets)]
-            greedy = bool((scored.argmax(dim=-1) == targets).all())
-            yield idx, (float(scored.gather(1, targets[:, None]).sum()), greedy)
+        kv, mask = self._extend_chunked([c.root for c in batch], None, None, empty)
+        kv, mask = self._extend_chunked([g.segment for g in groups], group_parent, kv, mask)
+        for chunk in length_chunks([len(splits[i].suffix) for i in leaves]):
+            rows = [leaves[r] for r in chunk]
+            _, _, logits = self._extend([splits[i].suffix for i in rows], [leaf_parent[r] for r in chunk], kv, mask,
+                                        logits=True)
+            logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+            del logits
+            for row, idx in enumerate(rows):
+                targets = torch.tensor(splits[idx].targets, dtype=torch.long, device=self.device)
+                scored = logp[row, : len(targets)]
+                greedy = bool((scored.argmax(dim=-1) == targets).all())
+                yield idx, (float(scored.gather(1, targets[:, None]).sum()), greedy)
+        # the batch's cache (kv) is released when this generator ends

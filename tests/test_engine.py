@@ -29,6 +29,7 @@ from audit.engine import (
     PrefixCacheLM,
     Split,
     batch_bytes,
+    length_chunks,
     plan_batches,
     plan_clusters,
     split_request,
@@ -104,6 +105,14 @@ def test_plan_batches_covers_every_request_once_within_budget():
     for b in batches:
         n_leaves = sum(len(g.leaves) for c in b for g in c.groups)
         assert batch_bytes(b, splits, mem) <= budget or n_leaves == 1
+
+
+def test_length_chunks_bound_padding():
+    lengths = [1, 4, 3, 10, 9, 0, 8, 0, 4]
+    chunks = length_chunks(lengths, ratio=0.8)
+    assert chunks == [[3, 4, 6], [1, 8], [2], [0], [5, 7]]
+    for c in chunks:
+        assert all(lengths[i] >= 0.8 * lengths[c[0]] for i in c)
 
 
 # ---------------------------------------------------------------- parity with HFLM on the tiny model
