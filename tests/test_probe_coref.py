@@ -193,3 +193,22 @@ def test_teacher_small_subset(teacher, data_dir, probe_cls, limit):
     for r, it in zip(results, items, strict=True):
         lls = [a.loglik for a in r.answers]
         assert r.columns["correct"] == float(int(lls[1] > lls[0]) == it.meta["gold"])
+
+
+def test_choice_and_margin_equal_lm_eval_winogender_prompt(tiny, data_dir):
+    """lm-eval's winogender scores `... refers to the` + ` X`; ours moves ` the` into the candidate.
+
+    The shared ` the` token has one log-likelihood for both candidates, so margins agree.
+    """
+    from audit.lm import loglikelihoods, make_lm
+
+    probe = WinogenderProbe()
+    items = [it for it in probe.load(data_dir).items if it.groups["participant_form"] == "specific"][:12]
+    lm = make_lm(tiny, backend="hflm", batch_size=32)
+    ours = loglikelihoods(lm, [r for it in items for r in it.requests])
+    theirs = loglikelihoods(lm, [(ctx + " the", cand.removeprefix(" the")) for it in items
+                                 for ctx, cand in it.requests])
+    for k in range(len(items)):
+        m_ours = ours[2 * k].loglik - ours[2 * k + 1].loglik
+        m_theirs = theirs[2 * k].loglik - theirs[2 * k + 1].loglik
+        assert m_ours == pytest.approx(m_theirs, abs=1e-4)
