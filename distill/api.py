@@ -134,15 +134,21 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     with args.main_process_first(desc="corpus"):
         corpus = _corpus(spec, teacher, out, progress=progress)
     rows = data.read_corpus(corpus)
-    limits = [getattr(m.config, "max_position_embeddings", None) for m in (teacher.model, student.model)]
-    limits = [x for x in limits if x] if not (spec.method == "hard" and spec.hard_level == "sequence") else limits[1:]
-    examples = data.tokenize(rows, student.tokenizer, seq_len=spec.seq_len, max_positions=min(limits) if limits else None,
-                             response_only=spec.method == "hard" and spec.hard_level == "sequence")
+    sequence_level = spec.method == "hard" and spec.hard_level == "sequence"
+    if sequence_level and not all(r.prompt is not None for r in rows):
+        raise data.CorpusError(
+            f"Corpus {corpus}: sequence-level hard-label trains on the teacher's responses, so every row needs "
+            "'prompt' and 'response'. Use --corpus generate (optionally --prompts FILE), or a JSONL the teacher wrote.")
+    models = (student.model,) if sequence_level else (teacher.model, student.model)
+    limits = [x for m in models if (x := getattr(m.config, "max_position_embeddings", None))]
+    examples = data.tokenize(rows, student.tokenizer, seq_len=spec.seq_len, max_positions=min(limits, default=None),
+                             response_only=sequence_level)
     data_hash = data.examples_hash(examples)
     cache = None
     if spec.cache:
         with args.main_process_first(desc="logit cache"):
             cache = _open_cache(spec, teacher, examples, data_hash, progress=progress)
+        teacher.model = None  # training from the cache needs no teacher: free its memory
     set_seed(spec.seed)
     kill = os.environ.get("BEQUEATH_DISTILL_KILL_AT_STEP")  # fault injection for the resume test
     progress_cb = train.Progress(enabled=progress, kill_at_step=int(kill) if kill else None)
@@ -150,9 +156,7 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
                   cache=cache), callbacks=[progress_cb], processing_class=student.tokenizer)
     if spec.method == "co":
         peers = [teacher.model.train().requires_grad_(True), student.model]
-        for i in range(spec.peers):
-            peers.append(students.from_layers(teacher.model, students.layer_indices(spec.student, teacher.model.config.num_hidden_layers))
-                         if spec.student.source == "layers" else students.from_config(teacher.model, spec.student.config, seed=spec.seed + 1 + i))
+        peers += [_extra_peer(student.model, seed=spec.seed + 1 + i) for i in range(spec.peers)]
         trainer = train.CoDistillTrainer(model=train.PeerGroup(peers), spec=spec, vocab=vocab, **common)
     else:
         live = None if (cache is not None or _ce_only(spec)) else students.freeze(teacher.model)
@@ -172,6 +176,15 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
         return out / "student" if spec.method == "co" else out
     card = _card(spec, teacher, student, corpus, data_hash, len(examples), trainer, cache, t0)
     return _save(spec, out, trainer, teacher, student, card)
+
+
+def _extra_peer(student: Any, *, seed: int) -> Any:
+    """An extra co-distillation peer: the student's architecture, randomly initialised with ``seed``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(student.config, dtype=student.dtype)
 
 
 def _ce_only(spec: DistillSpec) -> bool:

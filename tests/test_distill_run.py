@@ -146,12 +146,19 @@ def test_different_tokenizer_soft_is_error_naming_hard_label(tiny_model_dir, cor
     spec = _spec(tiny_model_dir, corpus, tmp_path / "o", student={"from": "checkpoint", "path": str(other)})
     with pytest.raises(SpecError, match=r"tokenizer .* differs .*--method hard --hard-level sequence"):
         run_distill(spec, progress=False)
-    # sequence-level hard-label works across tokenizers
+    # sequence-level hard-label needs teacher responses (prompt/response rows) ...
     seq = _spec(tiny_model_dir, corpus, tmp_path / "seq", method="hard", hard_level="sequence", max_steps=2,
                 student={"from": "checkpoint", "path": str(other)})
-    out = run_distill(seq, progress=False)
+    with pytest.raises(SpecError, match=r"corpus.txt: sequence-level hard-label .* 'prompt' and 'response'"):
+        run_distill(seq, progress=False)
+    # ... and works across tokenizers; only response tokens are targets
+    jsonl = tmp_path / "responses.jsonl"
+    jsonl.write_text("".join(json.dumps({"prompt": f"The nurse {i} said", "response": " she was tired and went home."})
+                             + "\n" for i in range(8)))
+    out = run_distill(DistillSpec.from_dict({**seq.as_dict(), "corpus": str(jsonl)}), progress=False)
     card = json.loads((out / "distill_card.json").read_text())
     assert card["steps"] == 2 and card["technique"] == "hard-label (sequence level)"
+    assert card["student_init"]["from"] == "checkpoint" and card["data"]["n_examples"] == 8
 
 
 # ---------------------------------------------------------------- bad input
@@ -231,7 +238,8 @@ def test_codistillation_updates_and_saves_teacher_and_student(tiny_model_dir, co
     from distill.api import run_distill
 
     out = run_distill(_spec(tiny_model_dir, corpus, tmp_path / "co", method="co", burn_in=2, snapshot_every=2,
-                            teacher_lambda=0.1, lam=0.5), progress=False)
+                            teacher_lambda=0.1, lam=0.5, peers=1), progress=False)
+    assert (tmp_path / "co" / "peer1" / "model.safetensors").is_file()
     assert out == tmp_path / "co" / "student"
     teacher_after = _weights(tmp_path / "co" / "teacher")
     teacher_before = _weights(tiny_model_dir)
@@ -241,7 +249,8 @@ def test_codistillation_updates_and_saves_teacher_and_student(tiny_model_dir, co
     first = card["loss_curve"][0]
     assert first["loss_student_kd"] > 0 and first["loss_teacher_ce"] > 0
     # burn-in: λ(0) = 0, so the first step's total is the sum of the cross-entropies alone
-    assert first["loss"] == pytest.approx(first["loss_teacher_ce"] + first["loss_student_ce"], rel=1e-5)
+    ces = [first[f"loss_{n}_ce"] for n in ("teacher", "student", "peer1")]
+    assert first["loss"] == pytest.approx(sum(ces), rel=1e-5)
 
 
 # ---------------------------------------------------------------- scale: DDP and resume
@@ -335,3 +344,15 @@ def test_heldout_kl_of_a_model_with_itself_is_zero(tiny):
     assert same.n_tokens == sum(len(e["input_ids"]) - 1 for e in ex)
     other = heldout(tiny.model, from_layers(tiny.model, [0]), ex, pad_id=tiny.tokenizer.pad_token_id)
     assert other.kl_to_teacher > 1e-4
+
+
+def test_tokenize_response_only_masks_prompt(tiny):
+    from distill.data import Row, tokenize
+
+    tok = tiny.tokenizer
+    prompt, response = "The nurse said", " she was tired."
+    (ex,) = tokenize([Row(text=prompt + response, prompt=prompt)], tok, seq_len=64, max_positions=None,
+                     response_only=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert ex["labels"][:n_prompt] == [-100] * n_prompt
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:] and ex["input_ids"][-1] == tok.eos_token_id
