@@ -213,6 +213,20 @@ def test_rolling_goes_through_the_engine_and_equals_hflm(tiny):
     assert all(abs(a - b) <= TOL for a, b in zip(ref, got, strict=True))
 
 
+def test_sliding_window_model_falls_back_to_hflm_scoring(tiny):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=len(tiny.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=4, max_position_embeddings=128)
+    model = MistralForCausalLM(cfg).eval()
+    common = dict(pretrained=model, tokenizer=tiny.tokenizer, device="cpu", batch_size=4)
+    hf, engine = HFLM(**common), PrefixCacheLM(**common)
+    assert engine._cache_supported() is not None
+    pairs = [("the cat sat on the mat and then", " he"), ("the cat sat on the mat and then", " she ran")]
+    assert hf.loglikelihood(_instances(pairs)) == engine.loglikelihood(_instances(pairs))
+
+
 class _Recorder:
     def __init__(self):
         self.store = {}
