@@ -127,6 +127,8 @@ def _assert_parity(loaded_model, csv_path, tmp_path, n):
 
 def test_parity_with_lm_eval_crows_pairs_english_tiny_model(tiny, data_dir, tmp_path):
     csv_path = _slice_csv(data_dir / "crows_pairs" / "crows_pairs_anonymized.csv", tmp_path / "slice.csv", n=40)
+    items = CrowsPairsProbe(path=str(csv_path)).load(None).items
+    assert sum(it.groups["direction"] == "antistereo" for it in items) == 8  # counted as lm-eval counts them
     ref = _assert_parity(tiny, csv_path, tmp_path, 40)
     assert 0.0 < ref["pct_stereotype,none"] < 1.0  # a real mix, not a degenerate all-or-nothing
 
@@ -140,3 +142,4 @@ def test_parity_with_lm_eval_on_the_real_teacher_stratified(teacher, data_dir, t
     csv_path = _slice_csv(src, tmp_path / "strat.csv", keep_index={it.cluster for it in picked})
     ref = _assert_parity(teacher, csv_path, tmp_path, 27)
     assert np.isfinite(ref["likelihood_diff,none"]) and ref["likelihood_diff,none"] > 0
+    print({k: round(v, 4) for k, v in ref.items() if k.endswith(",none")})
