@@ -115,9 +115,9 @@ class DistillTrainer(_LossMixin, Trainer):
     def _teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
         if self.teacher is None:
             raise BequeathError("This run needs teacher logits but has neither a teacher nor a cache.")
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: its tensors could not be saved by the loss's backward
             t = self.teacher(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).logits
-        return t[:, :-1, :].reshape(-1, t.shape[-1]).clone()
+            return t[:, :-1, :].reshape(-1, t.shape[-1])
 
 
 class PeerGroup(nn.Module):

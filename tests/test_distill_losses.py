@@ -200,3 +200,18 @@ def test_nan_teacher_is_not_masked():
     t[y != L.IGNORE] = float("nan")
     for kind in L.DIVERGENCES:
         assert torch.isnan(L.soft_label_loss(s, y, t, alpha=0.5, kind=kind).total)
+
+
+def test_fused_forward_kl_matches_autograd_value_and_gradient():
+    s, t, _ = _data()
+    for tau in (1.0, 2.5):
+        t_logp = F.log_softmax(t / tau, -1)
+        a = s.clone().requires_grad_(True)
+        b = s.clone().requires_grad_(True)
+        fused = L.forward_kl_from_logits(a, t_logp, tau)
+        ref = F.kl_div(F.log_softmax(b / tau, -1), t_logp, reduction="none", log_target=True).sum(-1)
+        torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+        w = torch.rand(N)
+        (fused * w).sum().backward()
+        (ref * w).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
