@@ -174,6 +174,9 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
         ) from None
     if not trainer.is_world_process_zero():
         return out / "student" if spec.method == "co" else out
+    ckpt_dir = Path(args.output_dir)
+    if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
+        ckpt_dir.rmdir()  # no checkpoint was asked for
     card = _card(spec, teacher, student, corpus, data_hash, len(examples), trainer, cache, t0)
     return _save(spec, out, trainer, teacher, student, card)
 
