@@ -11,6 +11,8 @@ machine the slowest runs measure the neighbours. Prints:
     max_abs_loglik_diff = D     (over all 2 x rows log-likelihoods)
     speed_ratio = R             (lm-eval's wall seconds / ours; target >= 1.0)
     cpu_ratio = C               (the same with CPU seconds of this process, less sensitive to load)
+    setup_s                     (each side's wall seconds outside ``loglikelihood``: the only work
+                                 that differs when both use HFLM; the rest is the same forward passes)
 
 With ``--backend hflm`` both sides run the same HFLM forward passes (identical numbers, D = 0) and
 the difference is lm-eval's task setup and evaluator; ``--backend engine`` (the default of the
@@ -37,6 +39,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+class _Timed:
+    """Wraps an LM's ``loglikelihood`` to time the model work apart from each side's setup."""
+
+    def __init__(self, lm) -> None:
+        self.seconds = 0.0
+        inner = lm.loglikelihood
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        lm.loglikelihood = timed  # an instance attribute: lm-eval's evaluator and audit.lm both find it
+
+
 def _slice(src: Path, out: Path, rows: int) -> Path:
     with open(src, encoding="utf-8", newline="") as fh:
         table = list(csv.reader(fh))
@@ -45,7 +64,7 @@ def _slice(src: Path, out: Path, rows: int) -> Path:
     return out
 
 
-def run_lm_eval(loaded, csv_path: Path, tmp: Path, batch_size: int) -> tuple[tuple[float, float], dict, list[list[float]]]:
+def run_lm_eval(loaded, csv_path: Path, tmp: Path, batch_size: int) -> tuple[tuple[float, float, float], dict, list[list[float]]]:
     """lm-eval's crows_pairs_english on ``csv_path``: seconds, its metrics, its log-likelihoods per doc."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -56,14 +75,15 @@ def run_lm_eval(loaded, csv_path: Path, tmp: Path, batch_size: int) -> tuple[tup
     t0, c0 = time.perf_counter(), time.process_time()
     task = write_lm_eval_task(tmp / "task", csv_path)
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device="cpu")
+    timer = _Timed(lm)
     out = simple_evaluate(model=lm, tasks=[task], log_samples=True,
                           task_manager=TaskManager(include_path=str(tmp / "task"), include_defaults=False))
-    seconds = (time.perf_counter() - t0, time.process_time() - c0)
+    seconds = (time.perf_counter() - t0, time.process_time() - c0, timer.seconds)
     samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
     return seconds, out["results"][task], [[ll for ll, _ in s["filtered_resps"]] for s in samples]
 
 
-def run_ours(loaded, csv_path: Path, backend: str, batch_size: int) -> tuple[tuple[float, float], dict, list[list[float]]]:
+def run_ours(loaded, csv_path: Path, backend: str, batch_size: int) -> tuple[tuple[float, float, float], dict, list[list[float]]]:
     """The probe through audit.lm: seconds, its metrics, its log-likelihoods per item."""
     from audit.lm import make_lm, score_probe_items
     from probes.base import columns_of
@@ -73,8 +93,9 @@ def run_ours(loaded, csv_path: Path, backend: str, batch_size: int) -> tuple[tup
     probe = CrowsPairsProbe(path=str(csv_path))
     items = probe.load(None).items
     lm = make_lm(loaded, backend=backend, batch_size=batch_size)
+    timer = _Timed(lm)
     results = score_probe_items(lm, probe, items, tokenizer=loaded.tokenizer, progress=False)
-    seconds = (time.perf_counter() - t0, time.process_time() - c0)
+    seconds = (time.perf_counter() - t0, time.process_time() - c0, timer.seconds)
     cols = columns_of(r.columns for r in results if r.columns)
     metrics = {m.name: m.compute(cols) for m in probe.metrics}
     return seconds, metrics, [[a.loglik for a in r.answers] for r in results]
@@ -83,9 +104,12 @@ def run_ours(loaded, csv_path: Path, backend: str, batch_size: int) -> tuple[tup
 def _warm_up(loaded) -> None:
     import torch
 
-    ids = loaded.tokenizer("A short warm-up sentence.", return_tensors="pt")["input_ids"]
+    # a batch the size of the benchmark's, so that neither side pays the first large allocation
+    text = "A warm-up sentence about nothing in particular, long enough to look like a CrowS pair. " * 2
+    ids = loaded.tokenizer([text] * 32, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        loaded.model(ids)
+        for _ in range(2):
+            loaded.model(ids)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     (_, m_ours, ll_ours), (_, m_ref, ll_ref) = ours[0], ref[0]
     t_ours = tuple(min(r[0][i] for r in ours) for i in (0, 1))
     t_ref = tuple(min(r[0][i] for r in ref) for i in (0, 1))
+    # wall time outside loglikelihood (task setup, evaluator / reading items), per run, fastest run
+    setup_ours = min(r[0][0] - r[0][2] for r in ours)
+    setup_ref = min(r[0][0] - r[0][2] for r in ref)
     if len(ll_ours) != len(ll_ref):
         print(f"error: {len(ll_ours)} items scored by the probe, {len(ll_ref)} by lm-eval", file=sys.stderr)
         return 2
@@ -128,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"probe:   {t_ours[0]:.2f} s (cpu {t_ours[1]:.2f} s)  pct_stereotype = {m_ours['pct_stereotype']:.4f}  "
           f"likelihood_diff = {m_ours['likelihood_diff']:.4f}  "
           f"pct_stereotype_per_token = {m_ours['pct_stereotype_per_token']:.4f}")
+    print(f"setup_s (outside loglikelihood): lm-eval {setup_ref:.2f}  probe {setup_ours:.2f}")
     print(f"max_abs_loglik_diff = {diff:.3g}")
     print(f"speed_ratio = {t_ref[0] / t_ours[0]:.2f}")
     print(f"cpu_ratio = {t_ref[1] / t_ours[1]:.2f}")
