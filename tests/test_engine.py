@@ -196,9 +196,9 @@ def test_boundary_shift_matches_direct_forward(tiny, tiny_lms):
         assert abs(ll - direct) <= TOL
 
 
-def test_small_memory_budget_gives_same_numbers(tiny):
+def test_small_memory_budget_and_pass_size_give_same_numbers(tiny):
     common = dict(pretrained=tiny.model, tokenizer=tiny.tokenizer, device="cpu")
-    big, small = PrefixCacheLM(**common), PrefixCacheLM(memory_budget_mb=1, **common)
+    big, small = PrefixCacheLM(**common), PrefixCacheLM(memory_budget_mb=1, max_pass_tokens=3, **common)
     pairs = [(f"the cat sat on the mat number {i}", f" {w}") for i in range(12) for w in ("he", "she", "nurse")]
     _assert_same(big.loglikelihood(_instances(pairs)), small.loglikelihood(_instances(pairs)))
 
