@@ -15,7 +15,7 @@ import hashlib
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -171,6 +171,20 @@ class RowErrors:
                 + "\nFix the rows, or pass allow_skip: true to skip them (the count is recorded)."
             )
         return len(self.problems), tuple(self.problems)
+
+
+def jsonl_rows(path: Path, errors: RowErrors) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row) for each non-blank line; bad JSON goes to ``errors``."""
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except ValueError as exc:
+                errors.add(path, n, "<json>", f"not valid JSON ({exc})")
 
 
 def stratified_sample(

@@ -19,7 +19,6 @@ and the second NaN, because a failed measurement is never reported as neutral.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    jsonl_rows,
     share,
 )
 from probes.crows_pairs import data_file
@@ -246,19 +246,12 @@ class BBQProbe:
 
     def _read(self, src: Path, errors: RowErrors) -> list[ProbeItem]:
         items = []
-        with open(src, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    problem = _row_problem(row)
-                except ValueError as exc:
-                    row, problem = None, ("<json>", f"not valid JSON ({exc})")
-                if problem:
-                    errors.add(src, n, *problem)
-                    continue
-                items.append(self.item_from_row(row))
+        for n, row in jsonl_rows(src, errors):
+            problem = _row_problem(row)
+            if problem:
+                errors.add(src, n, *problem)
+                continue
+            items.append(self.item_from_row(row))
         return items
 
     def item_from_row(self, row: Mapping[str, Any]) -> ProbeItem:

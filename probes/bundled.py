@@ -12,11 +12,9 @@ scored by two log-likelihood requests, exactly as CrowS-Pairs compares its two s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-
 
 from probes.base import (
     Answer,
@@ -25,6 +23,7 @@ from probes.base import (
     ProbeCard,
     ProbeItem,
     RowErrors,
+    jsonl_rows,
     sha256_file,
     share,
 )
@@ -90,25 +89,18 @@ class BundledProbe:
             src = Path(str(resources.files("probes.data") / "bundled_templates.jsonl"))
         errors = RowErrors(allow_skip=allow_skip)
         items = []
-        with open(src, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    errors.add(src, n, "<json>", f"not valid JSON ({exc})")
-                    continue
-                missing = [f for f in _FIELDS if not isinstance(row.get(f), str) or not row.get(f)]
-                if missing:
-                    errors.add(src, n, missing[0], "missing or not a non-empty string")
-                    continue
-                items.append(ProbeItem(
-                    id=row["id"],
-                    groups={"bias_type": row["bias_type"], "subgroup": row["subgroup"]},
-                    cluster=row["template"],
-                    requests=((row["context"], row["stereotype"]), (row["context"], row["anti_stereotype"])),
-                ))
+        for n, row in jsonl_rows(src, errors):
+            missing = [f for f in _FIELDS if not isinstance(row, dict) or not isinstance(row.get(f), str)
+                       or not row.get(f)]
+            if missing:
+                errors.add(src, n, missing[0], "missing or not a non-empty string")
+                continue
+            items.append(ProbeItem(
+                id=row["id"],
+                groups={"bias_type": row["bias_type"], "subgroup": row["subgroup"]},
+                cluster=row["template"],
+                requests=((row["context"], row["stereotype"]), (row["context"], row["anti_stereotype"])),
+            ))
         n_skipped, skipped = errors.finish()
         return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files={str(src): sha256_file(src)})
 

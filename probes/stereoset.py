@@ -21,7 +21,6 @@ original code also averages SS and LMS over targets within a domain (macro) - th
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    jsonl_rows,
     share,
 )
 from probes.crows_pairs import data_file
@@ -150,20 +150,12 @@ class StereoSetProbe:
         src, digest = data_file(self.path, data_dir or self.data_dir, DEFAULT_FILE, SHA256)
         errors = RowErrors(allow_skip=allow_skip or self.allow_skip)
         items = []
-        with open(src, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    errors.add(src, n, "<json>", f"not valid JSON ({exc})")
-                    continue
-                problem = _row_problem(row)
-                if problem:
-                    errors.add(src, n, *problem)
-                elif self.variant in ("all", row["type"]):
-                    items.append(item_from_row(row, n))
+        for n, row in jsonl_rows(src, errors):
+            problem = _row_problem(row)
+            if problem:
+                errors.add(src, n, *problem)
+            elif self.variant in ("all", row["type"]):
+                items.append(item_from_row(row, n))
         n_skipped, skipped = errors.finish()
         return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files={str(src): digest})
 
