@@ -72,3 +72,13 @@ def tiny(tiny_model_dir):
     from audit.models import ModelRef, load_model
 
     return load_model(ModelRef(name="tiny", path=str(tiny_model_dir)))
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory, teacher_dir) -> Path:
+    """The demo run on the real teacher, once per session, with a small distillation budget."""
+    from audit.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert main(["demo", "--out", str(out), "--max-steps", "4"]) == 0
+    return out
