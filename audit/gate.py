@@ -125,6 +125,11 @@ class GateResult:
     checks: list[Check]
     policy: Policy
 
+    @property
+    def status(self) -> str:
+        """The whole gate's status, as its exit code says."""
+        return {0: "pass", 1: "fail"}.get(self.exit_code, "error")
+
     def status_of(self, student: str | None = None) -> str:
         """Worst status of the run-wide checks and (if given) the student's own checks."""
         relevant = [c.status for c in self.checks if c.student is None or c.student == student]

@@ -212,7 +212,7 @@ def build(run: dict, items: list[dict], gate: GateResult, *, figures: bool = Tru
         "title": "bequeath audit: which biases did each student inherit?",
         "created": run.get("created", "missing"), "status": run.get("status", "missing"),
         "teacher": next((m["name"] for m in models if m.get("role") == "teacher"), "missing"),
-        "gate": {"exit_code": gate.exit_code, "status": gate.status_of(None),
+        "gate": {"exit_code": gate.exit_code, "status": gate.status,
                  "policy": gate.policy.source, "fail_verdicts": list(gate.policy.fail_verdicts),
                  "checks": [{"name": c.name, "status": c.status, "reason": c.reason} for c in gate.checks]},
         "run_errors": [f"{e.get('model') or 'run'} / {e.get('stage')}: {e.get('message')}" for e in run.get("errors") or []],

@@ -201,3 +201,14 @@ def test_bad_items_line_names_file_and_line(tmp_path):
     (tmp_path / "items.jsonl").write_text('{"model": "teacher", "item": "1"}\n{not json\n')
     with pytest.raises(RunDirError, match=r"items.jsonl:2: not valid JSON"):
         load_run(tmp_path)
+
+
+def test_headline_status_follows_the_gate_exit_code_when_only_a_student_fails(tmp_path):
+    from audit.gate import Policy
+
+    policy = Policy.from_dict({"required_probes": ["bundled"], "required_tasks": ["bundled_qa"],
+                               "min_task_retention": 0.8})
+    paths = render(FIXTURE, tmp_path, ("md", "json"), policy=policy)
+    md = paths["md"].read_text(encoding="utf-8")
+    assert md.startswith("### bequeath audit: gate **FAIL** (exit 1)")
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["gate"]["exit_code"] == 1
