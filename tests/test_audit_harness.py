@@ -162,3 +162,16 @@ def test_model_errors_are_clear(tmp_path):
         load_model(ModelRef(name="x", path=str(tmp_path)))
     with pytest.raises(ModelError, match="does not exist"):
         load_model(ModelRef(name="x", path=str(tmp_path / "nope")))
+
+
+def test_documented_example_spec_and_policy_are_valid():
+    from pathlib import Path
+
+    from audit.gate import Policy
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "examples"
+    spec = AuditSpec.from_file(docs / "audit.yaml")
+    assert [s.name for s in spec.students] == ["soft", "hard"]
+    assert len(spec.probes) == 8 and spec.tasks == ("bundled_qa", "arc_easy_local")
+    policy = Policy.from_file(docs / "policy.yaml")
+    assert list(policy.required_probes) == ["bundled", "crows_pairs"]
