@@ -18,6 +18,11 @@ from audit.errors import RunDirError
 
 def run_demo(out: Path, *, max_steps: int | None = None, force: bool = False) -> Path:
     """Run the three steps into ``out``; return the report's path."""
+    import os
+
+    # Everything the demo reads is local (bundled data, cached teacher): never wait on a hub look-up.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from audit.harness import run_audit
     from audit.models import DEMO_ALIAS, prepare_demo_teacher
     from audit.spec import AuditSpec, ProbeSpec
