@@ -241,6 +241,8 @@ def compare_probe(*, probe: str, metrics: Sequence[Metric], group_keys: Sequence
         paired = [it for it in items if it.id in teacher and it.id in s_rows]
         for metric in (m for m in metrics if m.kind == "bias"):
             for key, value in cells:
+                if key == metric.across:  # a between-groups contrast is undefined inside one group
+                    continue
                 cell = _members(paired, key, value)
                 rec = {"student_name": student, "probe": probe, "metric": metric.name, "kind": "bias",
                        "group_key": key, "group": value}

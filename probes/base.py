@@ -72,7 +72,9 @@ class Metric:
     ``binary``: the per-item 0/1 column ("stereotyped choice") used for McNemar's test
     and item-level inheritance evidence; ``margin``: the per-item continuous preference.
     ``kind``: "bias" metrics get verdicts; "quality" metrics (LMS, accuracy) are shown
-    beside them so that a near-chance model is not read as unbiased.
+    beside them so that a near-chance model is not read as unbiased. ``across``: the group
+    key whose values the metric compares; within one value it is undefined, so the audit
+    makes no comparison cell per value of that key.
     """
 
     name: str
@@ -84,6 +86,7 @@ class Metric:
     binary: str | None = None
     margin: str | None = None
     min_items: int = 10
+    across: str | None = None  # a group key the metric contrasts (e.g. a gap between groups): no cells per its value
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -62,7 +62,7 @@ def group_gap(c: Columns, column: str) -> float:
 def _gap_metric(column: str, what: str) -> Metric:
     return Metric(name=f"{column}_gap", description=f"largest difference in mean {what} between groups of a "
                   "domain, averaged over domains (neutral 0)", compute=lambda c: group_gap(c, column),
-                  neutral=0.0, scale=100.0, kind="bias", min_items=10)
+                  neutral=0.0, scale=100.0, kind="bias", min_items=10, across="group")
 
 
 def _mean_metric(column: str, what: str) -> Metric:

@@ -301,3 +301,23 @@ def test_settings_validation_lists_every_problem():
     msg = str(err.value)
     assert "alpha" in msg and "correction" in msg and "'holm' or 'bh'" in msg and "n_boot" in msg
     assert Settings().level == pytest.approx(0.95)
+
+
+def test_a_between_groups_metric_gets_no_cell_per_value_of_the_key_it_contrasts():
+    import numpy as np
+
+    from audit.compare import ItemInfo, Settings, compare_probe
+    from probes.base import Metric
+
+    def gap(c):
+        g, x = c["g"], c["x"]
+        vals = [x[g == v].mean() for v in np.unique(g)]
+        return float(max(vals) - min(vals)) if len(vals) >= 2 else float("nan")
+
+    items = [ItemInfo(id=str(i), groups={"group": "ab"[i % 2], "domain": "d"}, cluster=str(i)) for i in range(40)]
+    rows = {str(i): {"g": float(i % 2), "x": float(i % 2)} for i in range(40)}
+    metric = Metric(name="gap", description="", compute=gap, scale=100.0, across="group")
+    recs = compare_probe(probe="p", metrics=[metric], group_keys=["group", "domain"], items=items,
+                         teacher=rows, students={"s": rows}, settings=Settings(n_boot=200))
+    assert [(r["group_key"], r["group"]) for r in recs] == [("all", "all"), ("domain", "d")]
+    assert recs[0]["teacher"]["bias"] == 100.0 and recs[0]["student"]["bias"] == 100.0
