@@ -153,6 +153,24 @@ def verify_file(path: Path, expected_sha256: str | None) -> str:
     return digest
 
 
+def data_file(path: str | Path | None, data_dir: Path | None, default: str, sha256: str | None) -> tuple[Path, str]:
+    """The file to read and its sha256: ``path`` if given, else ``data_dir/default``.
+
+    The recorded sha256 is checked whenever the file carries the default file name, so a
+    renamed slice can be read but a changed release of the canonical file cannot.
+    """
+    if path:
+        src = Path(path).expanduser()
+    elif data_dir:
+        src = Path(data_dir).expanduser() / default
+    else:
+        raise ProbeDataError(
+            f"No data for this probe: pass data_dir (the folder holding {default}) or path (the file)."
+        )
+    expected = sha256 if src.name == Path(default).name else None
+    return src, verify_file(src, expected)
+
+
 class RowErrors:
     """Collects malformed rows; raises once with all of them unless skipping is allowed."""
 

@@ -34,10 +34,10 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    data_file,
     jsonl_rows,
     share,
 )
-from probes.crows_pairs import data_file
 
 # lm-eval's (from HELM) list of "unknown" answers; BBQ's own unknown answer is always one of them.
 UNKNOWN_RESPONSES = (

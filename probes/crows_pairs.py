@@ -30,32 +30,14 @@ from probes.base import (
     ProbeDataError,
     ProbeItem,
     RowErrors,
+    data_file,
     share,
-    verify_file,
 )
 from probes.bundled import pair_columns, pct_stereotype_metric
 
 DEFAULT_FILE = "crows_pairs/crows_pairs_anonymized.csv"
 SHA256 = "dfb36986ce0502abbaf7055b9176da3d08d48e07df1251991b5dfbcbceab9d0c"
 _DIRECTIONS = ("stereo", "antistereo")
-
-
-def data_file(path: str | Path | None, data_dir: Path | None, default: str, sha256: str | None) -> tuple[Path, str]:
-    """The file to read and its sha256: ``path`` if given, else ``data_dir/default``.
-
-    The recorded sha256 is checked whenever the file carries the default file name, so a
-    renamed slice can be read but a changed release of the canonical file cannot.
-    """
-    if path:
-        src = Path(path).expanduser()
-    elif data_dir:
-        src = Path(data_dir).expanduser() / default
-    else:
-        raise ProbeDataError(
-            f"No data for this probe: pass data_dir (the folder holding {default}) or path (the file)."
-        )
-    expected = sha256 if src.name == Path(default).name else None
-    return src, verify_file(src, expected)
 
 
 def _mean_abs_margin(c) -> float:

@@ -35,10 +35,10 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    data_file,
     jsonl_rows,
     share,
 )
-from probes.crows_pairs import data_file
 
 DEFAULT_FILE = "stereoset/stereoset_dev_flat.jsonl"
 SHA256 = "9240d77481e211b406092c7bf7a2ad4a29f3ec6d8251f93e9cff518f7cddea52"
