@@ -53,9 +53,15 @@ class LossParts:
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align causal-LM logits [B, L, V] with the next-token labels: ([B*(L-1), V], [B*(L-1)])."""
+    """Align causal-LM logits [B, L, V] with the next-token labels: ([B*L, V], [B*L]).
+
+    The labels move left by one and each sequence's last position gets IGNORE (it predicts
+    nothing), so the logits stay a view: no [B, L-1, V] copy forward, no zero-filled slice
+    gradient backward.
+    """
     v = logits.shape[-1]
-    return logits[:, :-1, :].reshape(-1, v), labels[:, 1:].reshape(-1)
+    y = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE)], dim=1)
+    return logits.reshape(-1, v), y.reshape(-1)
 
 
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -107,34 +113,115 @@ def divergence(t_logp: torch.Tensor, s_logp: torch.Tensor, *, kind: str = "forwa
     raise ValueError(f"Unknown divergence '{kind}'; expected one of {', '.join(DIVERGENCES)}.")
 
 
-class _ForwardKL(torch.autograd.Function):
-    """Per-row KL(p_T ‖ softmax(z/τ)) with its gradient written by hand, (p_S − p_T)/τ.
+def _dot_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_v a·b per row, as a batched matrix product (reads both, writes no [N, V] temporary)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(a.shape[0])
 
-    Why our own: on CPU this loss is memory-bound over [N, V] rows; autograd's chain of
-    temporaries (divide, log-softmax, subtract, multiply, where, and their backwards) made a
-    soft-label step much slower than teacher forward + student step. One log-softmax forward and
-    one exp backward do the same. Parity with the autograd form is tested.
+
+def _weighted_logp(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Σ_v p·log q per row with 0·log 0 = 0: the fast product, redone exactly on the rare rows where
+    an impossible token (log q = -inf under p = 0) made it NaN; a NaN input stays NaN."""
+    rows = _dot_rows(p, logp)
+    bad = ~torch.isfinite(rows)
+    if bool(bad.any()):
+        pb, lb = p[bad], logp[bad]
+        rows[bad] = torch.where(pb == 0, torch.zeros_like(pb), pb * lb).sum(-1)
+    return rows
+
+
+class _FusedSoftLabel(torch.autograd.Function):
+    """Per-row cross-entropy on the labels and forward KL(p_T^τ ‖ p_S^τ), with the gradient
+    written by hand: ∂CE/∂z = p_S − onehot(y), ∂KL/∂z = (p_S^τ − p_T)/τ (dense teacher), and for
+    the top-k cache with its tail bucket ∂KL/∂z_j = (m·p_S,j − p_T,j)/τ on the teacher's top-k and
+    p_S,j·(m − p_T,tail/q_S,tail)/τ elsewhere (m = the teacher's bucket mass, 1 up to rounding).
+
+    Why our own: on CPU this loss is memory-bound over [N, V] rows, and autograd's chain of
+    temporaries (masking copies, two log-softmaxes, divide, exp, xlogy, scatter/logsumexp for the
+    tail bucket, and all their backwards) made a soft-label step much slower than a teacher
+    forward plus a student step. Here the forward is one log-softmax of z/τ (its exp, p_S^τ, is
+    kept for the backward), one logsumexp for the CE when τ ≠ 1, and row dot products; the
+    backward is a few in-place passes. Rows with label IGNORE give 0 and get no gradient.
+    Values and gradients equal the autograd form (``_soft_rows_autograd``); that is tested.
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, t_logp: torch.Tensor, temperature: float) -> torch.Tensor:
-        s_logp = torch.log_softmax(z.float() / temperature, dim=-1)
+    def forward(ctx, z, y, t_logp, top_idx, temperature):
+        zf = z.float()
+        zt = zf / temperature if temperature != 1.0 else zf
+        s_logp = torch.log_softmax(zt, dim=-1)
+        valid = y != IGNORE
+        yi = y.clamp_min(0).unsqueeze(-1)
+        if temperature == 1.0:  # CE = −log p_S(y), read off the one log-softmax
+            lse1 = None
+            ce = -s_logp.gather(-1, yi).squeeze(-1)
+        else:
+            lse1 = torch.logsumexp(zf, dim=-1)
+            ce = lse1 - zf.gather(-1, yi).squeeze(-1)
+        ce = torch.where(valid, ce, 0.0)
         p_t = t_logp.exp()
-        kl = (torch.xlogy(p_t, p_t) - p_t * s_logp).sum(-1)  # 0·log 0 = 0; NaN stays NaN
-        ctx.save_for_backward(s_logp, p_t)
-        ctx.temperature, ctx.in_dtype = temperature, z.dtype
-        return kl
+        q_tail = None
+        if top_idx is None:  # dense teacher log-probs [N, V]
+            kl = _weighted_logp(p_t, t_logp) - _weighted_logp(p_t, s_logp)
+            p_s = s_logp.exp_()
+        else:  # buckets [N, k+1]: the teacher's top-k, then its tail
+            p_s = s_logp.exp_()
+            top = p_s.gather(-1, top_idx)
+            p_s.scatter_(-1, top_idx, 0.0)
+            q_tail = p_s.sum(-1)  # the student's exact tail mass (no 1 − Σ cancellation)
+            p_s.scatter_(-1, top_idx, top)
+            s_b = torch.cat([top, q_tail.unsqueeze(-1)], dim=-1).log()
+            kl = (torch.xlogy(p_t, p_t) - torch.where(p_t == 0, torch.zeros_like(p_t), p_t * s_b)).sum(-1)
+        kl = torch.where(valid, kl, 0.0)
+        ctx.save_for_backward(z if lse1 is not None else None, yi, valid, p_s, p_t, top_idx, q_tail, lse1)
+        ctx.temperature, ctx.in_dtype, ctx.done = temperature, z.dtype, False
+        return ce, kl
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        s_logp, p_t = ctx.saved_tensors
-        g = s_logp.exp().sub_(p_t).mul_(grad.unsqueeze(-1) / ctx.temperature)
-        return g.to(ctx.in_dtype), None, None
+    def backward(ctx, grad_ce, grad_kl):
+        if ctx.done:  # p_S is reused in place below, so a second backward would be silently wrong
+            raise RuntimeError("the fused soft-label loss supports one backward pass (no retain_graph reuse)")
+        ctx.done = True
+        z, yi, valid, p_s, p_t, top_idx, q_tail, lse1 = ctx.saved_tensors
+        tau = ctx.temperature
+        gk = (grad_kl * valid / tau).unsqueeze(-1)
+        gc = (grad_ce * valid).unsqueeze(-1)
+        gs = gk + gc if tau == 1.0 else gk  # at τ = 1 the CE's p_S is the same tensor as the KL's
+        if top_idx is None:
+            g = p_s.mul_(gs).addcmul_(p_t, gk, value=-1.0)
+        else:
+            mass = p_t.sum(-1, keepdim=True)
+            top = p_s.gather(-1, top_idx)
+            tail = mass - p_t[:, -1:] / q_tail.unsqueeze(-1).clamp_min(1e-30)
+            g = p_s.mul_(tail * gk + (gs - gk))
+            g.scatter_(-1, top_idx, (mass * top - p_t[:, :-1]) * gk + top * (gs - gk))
+        if tau != 1.0 and bool(gc.any()):
+            g.add_(torch.sub(z.float(), lse1.unsqueeze(-1)).exp_().mul_(gc))  # p_S at τ = 1
+        g.scatter_add_(-1, yi, -gc)
+        return g.to(ctx.in_dtype), None, None, None, None
 
 
-def forward_kl_from_logits(z: torch.Tensor, t_logp: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(p_T ‖ softmax(z/τ)) per row, fused (see ``_ForwardKL``); ``t_logp`` is not differentiated."""
-    return _ForwardKL.apply(z, t_logp.detach(), temperature)
+def _soft_rows_fused(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | TopK,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE rows, forward-KL rows) through ``_FusedSoftLabel``; IGNORE rows are 0."""
+    if isinstance(teacher, TopK):
+        return _FusedSoftLabel.apply(student, labels, retemper(teacher, temperature), teacher.indices, temperature)
+    return _FusedSoftLabel.apply(student, labels, log_probs(teacher, temperature).detach(), None, temperature)
+
+
+def _soft_rows_autograd(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | TopK,
+                        temperature: float, *, kind: str, beta: float,
+                        skew_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE rows, divergence rows) for any divergence, differentiated by autograd; IGNORE rows are 0."""
+    mask = labels != IGNORE
+    ce = F.cross_entropy(student.float(), labels, ignore_index=IGNORE, reduction="none")
+    s_logp = log_probs(student, temperature)
+    if isinstance(teacher, TopK):
+        rows = divergence(retemper(teacher, temperature), bucket_student(s_logp, teacher.indices), kind=kind,
+                          beta=beta, skew_lambda=skew_lambda)
+    else:
+        rows = divergence(log_probs(teacher, temperature).detach(), s_logp, kind=kind, beta=beta,
+                          skew_lambda=skew_lambda)
+    return ce, torch.where(mask, rows, 0.0)
 
 
 def retemper(top: TopK, temperature: float) -> torch.Tensor:
@@ -174,9 +261,8 @@ def _denominator(num_valid: float | int | torch.Tensor | None, mask: torch.Tenso
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *,
                   num_valid: float | int | torch.Tensor | None = None) -> torch.Tensor:
     """Summed token cross-entropy over valid tokens / ``num_valid`` (fp32 log-softmax)."""
-    mask = labels != IGNORE
-    ce = F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
-    return ce / _denominator(num_valid, mask)
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum")
+    return ce / _denominator(num_valid, labels != IGNORE)
 
 
 def soft_label_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | TopK, *,
@@ -196,25 +282,17 @@ def soft_label_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.
             teacher = teacher[..., :vocab]
     mask = labels != IGNORE
     denom = _denominator(num_valid, mask)
-    s = student[mask]
-    zero = s.sum() * 0.0  # keeps the graph when a micro-batch has no valid token
-    ce = F.cross_entropy(s.float(), labels[mask], reduction="sum") / denom if alpha < 1.0 else zero
-    if alpha > 0.0:
-        if isinstance(teacher, TopK):
-            sel = teacher.select(mask)
-            s_logp = log_probs(s, temperature)
-            rows = divergence(retemper(sel, temperature), bucket_student(s_logp, sel.indices), kind=kind,
-                              beta=beta, skew_lambda=skew_lambda)
-        elif kind == "forward_kl":
-            rows = forward_kl_from_logits(s, log_probs(teacher[mask], temperature), temperature)
-        else:
-            rows = divergence(log_probs(teacher[mask], temperature).detach(), log_probs(s, temperature), kind=kind,
-                              beta=beta, skew_lambda=skew_lambda)
-        kd = rows.sum() / denom
-        if tau_squared:
-            kd = kd * temperature**2
+    if alpha <= 0.0:  # no teacher term: plain cross-entropy
+        ce = cross_entropy(student, labels, num_valid=denom)
+        return LossParts(total=ce, ce=ce, kd=ce.detach() * 0.0)
+    if kind == "forward_kl":
+        ce_rows, kd_rows = _soft_rows_fused(student, labels, teacher, temperature)
     else:
-        kd = zero
+        ce_rows, kd_rows = _soft_rows_autograd(student, labels, teacher, temperature, kind=kind, beta=beta,
+                                               skew_lambda=skew_lambda)
+    ce, kd = ce_rows.sum() / denom, kd_rows.sum() / denom
+    if tau_squared:
+        kd = kd * temperature**2
     return LossParts(total=(1.0 - alpha) * ce + alpha * kd, ce=ce, kd=kd)
 
 

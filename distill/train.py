@@ -41,11 +41,11 @@ _TOPK_KEYS = ("topk_indices", "topk_logprobs", "topk_tail")
 
 
 def _aligned_topk(inputs: dict[str, Any], temperature: float) -> L.TopK:
-    """Cached teacher rows aligned with the shifted student logits (positions 0..L-2)."""
+    """Cached teacher rows aligned with the shifted student logits (every position, as ``L.shift``)."""
     ind, lp, tail = (inputs.pop(k) for k in _TOPK_KEYS)
     k = ind.shape[-1]
-    return L.TopK(indices=ind[:, :-1].reshape(-1, k), logprobs=lp[:, :-1].reshape(-1, k),
-                  tail=tail[:, :-1].reshape(-1), temperature=temperature)
+    return L.TopK(indices=ind.reshape(-1, k), logprobs=lp.reshape(-1, k), tail=tail.reshape(-1),
+                  temperature=temperature)
 
 
 class _LossMixin:
@@ -117,7 +117,7 @@ class DistillTrainer(_LossMixin, Trainer):
             raise BequeathError("This run needs teacher logits but has neither a teacher nor a cache.")
         with torch.no_grad():  # not inference_mode: its tensors could not be saved by the loss's backward
             t = self.teacher(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).logits
-            return t[:, :-1, :].reshape(-1, t.shape[-1])
+            return t.reshape(-1, t.shape[-1])  # aligned with ``L.shift`` (a view, no copy)
 
 
 class PeerGroup(nn.Module):

@@ -202,16 +202,42 @@ def test_nan_teacher_is_not_masked():
         assert torch.isnan(L.soft_label_loss(s, y, t, alpha=0.5, kind=kind).total)
 
 
-def test_fused_forward_kl_matches_autograd_value_and_gradient():
-    s, t, _ = _data()
-    for tau in (1.0, 2.5):
-        t_logp = F.log_softmax(t / tau, -1)
-        a = s.clone().requires_grad_(True)
-        b = s.clone().requires_grad_(True)
-        fused = L.forward_kl_from_logits(a, t_logp, tau)
-        ref = F.kl_div(F.log_softmax(b / tau, -1), t_logp, reduction="none", log_target=True).sum(-1)
-        torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
-        w = torch.rand(N)
-        (fused * w).sum().backward()
-        (ref * w).sum().backward()
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+def _topk(t, k, tau):
+    t_logp = F.log_softmax(t / tau, -1)
+    lp, idx = t_logp.topk(k, -1)
+    tail = t_logp.scatter(-1, idx, float("-inf")).logsumexp(-1)
+    return L.TopK(indices=idx, logprobs=lp, tail=tail, temperature=tau)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("tau", [1.0, 2.5])
+def test_fused_soft_label_matches_autograd_value_and_gradient(cached, tau):
+    """The hand-written gradient of the fused CE + forward-KL equals autograd's on the plain
+    formulas, for a dense teacher and for the top-k cache, with masked rows."""
+    s, t, y = _data()
+    teacher = _topk(t, 5, tau) if cached else t
+    a = s.clone().requires_grad_(True)
+    b = s.clone().requires_grad_(True)
+    ce_f, kl_f = L._soft_rows_fused(a, y, teacher, tau)
+    ce_r, kl_r = L._soft_rows_autograd(b, y, teacher, tau, kind="forward_kl", beta=0.5, skew_lambda=0.1)
+    torch.testing.assert_close(ce_f, ce_r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kl_f, kl_r, rtol=1e-5, atol=1e-6)
+    assert float(kl_f.detach()[y == L.IGNORE].abs().max()) == 0.0 and float(kl_f.detach().min()) >= -1e-6
+    w1, w2 = torch.rand(N), torch.rand(N)
+    ((ce_f * w1).sum() + (kl_f * w2).sum()).backward()
+    ((ce_r * w1).sum() + (kl_r * w2).sum()).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+    assert float(a.grad[y == L.IGNORE].abs().max()) == 0.0
+    with pytest.raises(RuntimeError, match="one backward"):  # p_S is reused in place
+        ce, kl = L._soft_rows_fused(s.clone().requires_grad_(True), y, teacher, tau)
+        total = kl.sum() + ce.sum()
+        total.backward(retain_graph=True)
+        total.backward()
+
+
+def test_shift_keeps_a_view_and_ignores_the_last_position():
+    logits = torch.randn(2, 4, V)
+    labels = torch.tensor([[5, 6, 7, 8], [1, 2, -100, -100]])
+    z, y = L.shift(logits, labels)
+    assert z.data_ptr() == logits.data_ptr() and z.shape == (8, V)
+    assert y.tolist() == [6, 7, 8, -100, 2, -100, -100, -100]
