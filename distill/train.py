@@ -131,6 +131,9 @@ class PeerGroup(nn.Module):
         return [m(input_ids=input_ids, attention_mask=attention_mask).logits for m in self.peers]
 
 
+_SNAPSHOT_FILE = "peer_snapshot.safetensors"
+
+
 class CoDistillTrainer(_LossMixin, Trainer):
     """Co-distillation: every peer learns from the data and from the others' stop-gradient outputs."""
 
@@ -185,20 +188,34 @@ class CoDistillTrainer(_LossMixin, Trainer):
         return self.optimizer
 
     # The group is not a PreTrainedModel and its peers tie embeddings to heads: save and load
-    # with safetensors' save_model/load_model, which handle shared tensors.
+    # with safetensors' save_model/load_model, which handle shared tensors. A checkpoint also
+    # keeps the peers' snapshot (and the step it was taken at), so a resumed run reads the same
+    # targets as an uninterrupted one even when checkpoints and refreshes do not line up.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         from safetensors.torch import save_model
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         save_model(self.accelerator.unwrap_model(self.model), os.path.join(output_dir, "model.safetensors"))
+        if self._snapshot is not None and os.path.basename(output_dir).startswith(PREFIX_CHECKPOINT_DIR):
+            save_model(self._snapshot, os.path.join(output_dir, _SNAPSHOT_FILE),
+                       metadata={"step": str(self._snapshot_step)})
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        from safetensors import safe_open
         from safetensors.torch import load_model
 
-        load_model(model or self.model, os.path.join(resume_from_checkpoint, "model.safetensors"))
+        model = model or self.model
+        load_model(model, os.path.join(resume_from_checkpoint, "model.safetensors"))
+        snap = os.path.join(resume_from_checkpoint, _SNAPSHOT_FILE)
+        if os.path.isfile(snap):
+            self._snapshot = copy.deepcopy(self.accelerator.unwrap_model(model)).eval().requires_grad_(False)
+            load_model(self._snapshot, snap)
+            with safe_open(snap, "pt") as f:
+                self._snapshot_step = int(f.metadata()["step"])
 
 
 class Progress(TrainerCallback):

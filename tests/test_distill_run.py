@@ -281,26 +281,40 @@ def test_ddp_two_processes_equal_single_process(tiny_model_dir, corpus, tmp_path
     assert not torch.equal(a["model.embed_tokens.weight"], moved)  # it trained
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, corpus, tmp_path):
+@pytest.mark.parametrize("method", ["soft", "co"])
+def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, corpus, tmp_path, method):
+    """Killed at step 5 with checkpoints every 2 steps, resumed: the same weights and loss curve as
+    an uninterrupted run. Co-distillation refreshes its peer snapshot every 3 steps, so the
+    resumed run needs the step-3 snapshot from the checkpoint (step 4 would give other targets)."""
     from distill.api import run_distill
 
-    ref = run_distill(_spec(tiny_model_dir, corpus, tmp_path / "ref", max_steps=6, checkpoint_every=2), progress=False)
+    # co: a large λ and lr, so that peers one step apart are distinguishable targets
+    co = {"method": "co", "snapshot_every": 3, "burn_in": 1, "lam": 5.0, "lr": 3e-2} if method == "co" else {}
+    co_flags = ["--method", "co", "--snapshot-every", "3", "--burn-in", "1", "--lam", "5"] if co else []
+    ref = run_distill(_spec(tiny_model_dir, corpus, tmp_path / "ref", max_steps=6, checkpoint_every=2, **co),
+                      progress=False)
     args = _cli("--teacher", str(tiny_model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "run"),
-                "--max-steps", "6", "--batch-size", "4", "--every", "2", "--lr", "1e-3", "--checkpoint-every", "2")
+                "--max-steps", "6", "--batch-size", "4", "--every", "2", "--lr", "3e-2" if co else "1e-3",
+                "--checkpoint-every", "2", *co_flags)
     killed = subprocess.run([sys.executable, *args], cwd=REPO, env={**_env(), "BEQUEATH_DISTILL_KILL_AT_STEP": "5"},
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["checkpoint-2", "checkpoint-4"]  # lost only step 5
-    assert not (tmp_path / "run" / "distill_card.json").exists()
+    if co:
+        assert (tmp_path / "run" / "checkpoints" / "checkpoint-4" / "peer_snapshot.safetensors").is_file()
+    student = tmp_path / "run" / ref.relative_to(tmp_path / "ref")
+    assert not (student / "distill_card.json").exists()
     resumed = subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _weights(ref), _weights(tmp_path / "run")
-    # the reference ran in this process (2 threads), the resumed run with 1: reduction order differs,
-    # which Adam can amplify on ~0 gradients to a small fraction of one lr step
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=5e-5)
-    card = json.loads((tmp_path / "run" / "distill_card.json").read_text())
+    pairs = [(ref, student)] + ([(tmp_path / "ref" / "teacher", tmp_path / "run" / "teacher")] if co else [])
+    for want, got in pairs:
+        a, b = _weights(want), _weights(got)
+        # the reference ran in this process (2 threads), the resumed run with 1: reduction order
+        # differs, which Adam can amplify on ~0 gradients to a small fraction of one lr step
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=5e-5)
+    card = json.loads((student / "distill_card.json").read_text())
     assert card["steps"] == 6
     ref_curve = json.loads((ref / "distill_card.json").read_text())["loss_curve"]
     assert [e["step"] for e in card["loss_curve"]] == [1, 2, 3, 4, 5, 6]  # steps 1-4 from the checkpoint
