@@ -7,14 +7,18 @@ item with 12 options runs its context 12 times (89% of the tokens of BBQ). ``Pre
 
 1. Each request is cut exactly where HFLM would cut it: the model window is
    ``(context + continuation)[-(max_length + 1):][:-1]`` and the scored logits are its last
-   ``len(continuation)`` positions. The tokens before them are the request's *prefix* (cacheable,
-   no logits needed); the rest is its *suffix* (last context token + continuation[:-1]).
+   ``len(continuation)`` positions. The first of them is the window's last context token: it ends the
+   request's *prefix* (cached; only its last position's logits are computed, once for every
+   continuation of that context); the rest is its *suffix* (continuation[:-1], empty for a one-token
+   continuation, which then needs no pass of its own).
 2. Requests with the same prefix form a group; groups whose prefixes share a long head (a trie over
    token ids, e.g. BBQ items with one context and two questions) form a cluster with a shared *root*.
 3. A batch of clusters runs in three passes that extend one ``DynamicCache``: roots, then the rest of
    each group's prefix (cache rows selected per group), then all suffixes of all groups, right-padded
    together, with an attention mask over cache + suffix and position ids that continue the prefix.
-   The cache lives for one batch; the batch is sized by ``memory_budget_mb``.
+   The vocabulary head runs only at the positions that score something (each prefix's last token, each
+   suffix's real tokens), not at padding. The cache lives for one batch; the batch is sized by
+   ``memory_budget_mb``.
 
 Numbers equal HFLM's up to float summation order (fp32: far below 1e-4); results come back in request
 order and go to ``cache_hook.add_partial`` under the same (context, continuation) key, so the audit's
@@ -23,6 +27,7 @@ results cache does not depend on the backend.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Sequence
@@ -45,9 +50,9 @@ Request = tuple[tuple[str, str] | None, list[int], list[int]]
 class Split:
     """One request cut at the first scored position of HFLM's model window."""
 
-    prefix: tuple[int, ...]  # window tokens whose logits are not needed (cached)
-    suffix: tuple[int, ...]  # window tokens whose logits score the continuation
-    targets: tuple[int, ...]  # the continuation tokens (what ``suffix`` predicts)
+    prefix: tuple[int, ...]  # cached window tokens; the last one's logits score targets[0]
+    suffix: tuple[int, ...]  # the rest of the window; its logits score targets[1:]
+    targets: tuple[int, ...]  # the continuation tokens
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +83,7 @@ class MemoryModel:
 
 
 def split_request(context_enc: Sequence[int], continuation_enc: Sequence[int], max_length: int) -> Split:
-    """HFLM's window ``(ctx + cont)[-(max_length+1):][:-1]``, cut before its last ``len(cont)`` positions."""
+    """HFLM's window ``(ctx + cont)[-(max_length+1):][:-1]``, cut after the first of its last ``len(cont)`` positions."""
     if len(context_enc) < 1 or len(continuation_enc) < 1:
         # HFLM asserts the same. ``loglikelihood`` gives an empty context the prefix token, but a context of
         # whitespace only loses it to the continuation (lm-eval's _encode_pair) and encodes to nothing.
@@ -95,7 +100,7 @@ def split_request(context_enc: Sequence[int], continuation_enc: Sequence[int], m
     window = (list(context_enc) + list(continuation_enc))[-(max_length + 1):]
     inp, n_cont = window[:-1], len(continuation_enc)
     cut = len(inp) - n_cont
-    return Split(prefix=tuple(inp[:cut]), suffix=tuple(inp[cut:]), targets=tuple(continuation_enc))
+    return Split(prefix=tuple(inp[:cut + 1]), suffix=tuple(inp[cut + 1:]), targets=tuple(continuation_enc))
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -148,7 +153,7 @@ def batch_bytes(clusters: Sequence[Cluster], splits: Sequence[Split], mem: Memor
     kv = mem.kv * (n_r * lr + n_g * (lr + lg) + n_l * (lr + lg + ls))
     acts = mem.activations * max(n_r * lr, n_g * lg, n_l * ls)
     scores = mem.heads * mem.elem * max(n_r * lr * lr, n_g * lg * (lr + lg), n_l * ls * (lr + lg + ls))
-    return kv + acts + scores + mem.logits * n_l * ls
+    return kv + acts + scores + mem.logits * (n_l * ls + n_r + n_g)
 
 
 def _divide(cluster: Cluster, splits: Sequence[Split], mem: MemoryModel, budget: int) -> list[Cluster]:
@@ -191,8 +196,10 @@ def plan_batches(
 def length_chunks(lengths: Sequence[int], *, ratio: float = 0.8) -> list[list[int]]:
     """Indices sorted by length (longest first), cut where a length drops below ``ratio`` x its chunk's longest.
 
-    Suffixes of one batch run in these chunks so that padding wastes at most ``1 - ratio`` of a row; the
-    cached prefix rows are selected per chunk (a cheap copy next to a forward pass).
+    Rows of one batch run in these chunks so that padding wastes at most ``1 - ratio`` of a row; the
+    cached prefix rows are selected per chunk (a cheap copy next to a forward pass). Filling small
+    chunks up to a few hundred tokens was measured and did not pay: the padding it adds cost what
+    the bigger products saved.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     chunks: list[list[int]] = []
@@ -230,7 +237,8 @@ class PrefixCacheLM(HFLM):
 
     Constructed exactly like ``HFLM`` plus ``memory_budget_mb`` (the estimated peak of one batch's
     caches, activations and logits), ``min_shared_prefix`` (tokens two prefixes must share before
-    they share a root) and ``max_pass_tokens`` (scored positions per forward pass). HFLM's ``batch_size`` still governs ``generate_until``; the scoring batches are
+    they share a root) and ``max_pass_tokens`` (scored positions per forward pass). HFLM's ``batch_size``
+    still governs ``generate_until``; the scoring batches are
     sized by the memory budget.
     """
 
@@ -284,13 +292,15 @@ class PrefixCacheLM(HFLM):
 
     # ------------------------------------------------------------ forward passes
 
-    def _extend(self, rows: Sequence[Sequence[int]], parents: Sequence[int] | None, kv, mask, *, logits: bool):
+    def _extend(self, rows: Sequence[Sequence[int]], parents: Sequence[int] | None, kv, mask, *, head: str):
         """Run ``rows`` (right-padded) after the cached rows ``parents``; return (kv, mask, logits).
 
         ``kv`` is a list of (keys, values) per layer, [rows, kv_heads, T, head_dim], or None; ``mask``
         [rows, T] marks its valid positions. In this pass every new position may be attended (right padding
         and causality keep valid tokens away from pads, and no query is left with nothing to attend, which
-        would give NaN); the returned mask marks only the valid new tokens.
+        would give NaN); the returned mask marks only the valid new tokens. ``head`` says where the
+        vocabulary head runs: ``"last"``, each row's last token ([rows, V]; an empty row's is meaningless);
+        ``"valid"``, every real token, rows concatenated ([Σ len, V]).
         """
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
@@ -307,11 +317,17 @@ class PrefixCacheLM(HFLM):
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             valid[i, : len(r)] = 1
+        if head == "last":
+            keep = [i * width + max(len(r) - 1, 0) for i, r in enumerate(rows)]
+        else:
+            keep = [i * width + j for i, r in enumerate(rows) for j in range(len(r))]
+        keep_index = torch.tensor(keep, dtype=torch.long, device=self.device)
         positions = mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)
-        kwargs = {} if logits or not self._keep_kw else {"logits_to_keep": 1}
+        kwargs = {"logits_to_keep": 0} if self._keep_kw else {}
         kwargs[self._cache_kw] = DynamicCache(ddp_cache_data=kv) if kv is not None else None
         with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                             enabled=self.mixed_precision_dtype is not None):
+                                             enabled=self.mixed_precision_dtype is not None), \
+                self._head_at(keep_index) as gathered:
             out = self.model(input_ids=ids, attention_mask=torch.cat([mask, torch.ones_like(valid)], dim=1),
                              position_ids=positions, use_cache=True, **kwargs)
         cache = out.cache if self._cache_kw == "cache" else out.past_key_values
@@ -320,33 +336,61 @@ class PrefixCacheLM(HFLM):
                 f"{type(self.model).__name__} returned cache layers {sorted({type(x).__name__ for x in cache.layers})}; "
                 "PrefixCacheLM needs plain full-attention DynamicLayer caches. Use lm-eval's HFLM for this model."
             )
-        return [(layer.keys, layer.values) for layer in cache.layers], torch.cat([mask, valid], dim=1), (
-            out.logits if logits else None)
+        logits = out.logits
+        logits = logits.reshape(-1, logits.shape[-1]) if gathered else logits.reshape(-1, logits.shape[-1])[keep_index]
+        return [(layer.keys, layer.values) for layer in cache.layers], torch.cat([mask, valid], dim=1), logits
+
+    @contextlib.contextmanager
+    def _head_at(self, index: torch.Tensor):
+        """While active, the vocabulary head sees only the hidden states at flat positions ``index``.
+
+        Why a hook: the model's own forward still applies whatever follows its head (logit soft-capping,
+        scaling), and no position that scores nothing pays for a [V]-wide row (the head is ~20% of this
+        model's per-token work). Yields False when the model has no output-embedding module to hook; the
+        caller then gathers the positions from the full logits.
+        """
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if head is None:
+            yield False
+            return
+
+        def gather(_module, args):
+            h = args[0]
+            return (h.reshape(-1, h.shape[-1]).index_select(0, index).unsqueeze(0), *args[1:])
+
+        handle = head.register_forward_pre_hook(gather)
+        try:
+            yield True
+        finally:
+            handle.remove()
 
     def _extend_chunked(self, rows: Sequence[Sequence[int]], parents: Sequence[int] | None, kv, mask):
-        """``_extend`` without logits, run in chunks of similar length; the chunks' caches are zero-padded to
-        one width (their mask is 0 there, so the zeros are never attended) and put back in row order."""
+        """``_extend`` with each row's last logits, run in chunks of similar length; the chunks' caches are
+        zero-padded to one width (their mask is 0 there, so the zeros are never attended) and put back in
+        row order, with the logits."""
         chunks = length_chunks([len(r) for r in rows])
         if len(chunks) == 1:
-            kv, mask, _ = self._extend(rows, parents, kv, mask, logits=False)
-            return kv, mask
+            return self._extend(rows, parents, kv, mask, head="last")
         parents = range(len(rows)) if parents is None else parents
-        parts = [self._extend([rows[i] for i in c], [parents[i] for i in c], kv, mask, logits=False)[:2]
-                 for c in chunks]
-        width = max(m.shape[1] for _, m in parts)
+        parts = [self._extend([rows[i] for i in c], [parents[i] for i in c], kv, mask, head="last") for c in chunks]
+        width = max(m.shape[1] for _, m, _ in parts)
         order = torch.tensor([i for c in chunks for i in c], device=self.device).argsort()
-        mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts]).index_select(0, order)
-        if all(p_kv is None for p_kv, _ in parts):
-            return None, mask
-        like = next(p_kv for p_kv, _ in parts if p_kv is not None)
+        mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m, _ in parts]).index_select(0, order)
+        like_logits = next((lg for _, _, lg in parts if lg is not None), None)
+        logits = None if like_logits is None else torch.cat([
+            lg if lg is not None else like_logits.new_full((len(c), like_logits.shape[1]), float("nan"))
+            for (_, _, lg), c in zip(parts, chunks, strict=True)]).index_select(0, order)
+        if all(p_kv is None for p_kv, _, _ in parts):
+            return None, mask, logits
+        like = next(p_kv for p_kv, _, _ in parts if p_kv is not None)
         parts = [(p_kv if p_kv is not None else [(k.new_zeros((m.shape[0], *k.shape[1:2], 0, k.shape[3])),) * 2
-                                                 for k, _ in like], m) for p_kv, m in parts]
+                                                 for k, _ in like], m) for p_kv, m, _ in parts]
         layers = []
         for layer in zip(*(p_kv for p_kv, _ in parts), strict=True):
             keys = torch.cat([F.pad(k, (0, 0, 0, width - k.shape[2])) for k, _ in layer]).index_select(0, order)
             values = torch.cat([F.pad(v, (0, 0, 0, width - v.shape[2])) for _, v in layer]).index_select(0, order)
             layers.append((keys, values))
-        return layers, mask
+        return layers, mask, logits
 
     def _score_batch(self, batch: Sequence[Cluster], splits: Sequence[Split]):
         """Yield (request index, (loglik, is_greedy)) for every request in ``batch``."""
@@ -355,25 +399,46 @@ class PrefixCacheLM(HFLM):
         leaves = [i for g in groups for i in g.leaves]
         leaf_parent = [gi for gi, g in enumerate(groups) for _ in g.leaves]
         empty = torch.zeros((len(batch), 0), dtype=torch.long, device=self.device)
-        kv, mask = self._extend_chunked([c.root for c in batch], None, None, empty)
-        kv, mask = self._extend_chunked([g.segment for g in groups], group_parent, kv, mask)
+        kv, mask, root_last = self._extend_chunked([c.root for c in batch], None, None, empty)
+        kv, mask, seg_last = self._extend_chunked([g.segment for g in groups], group_parent, kv, mask)
+        # each prefix's last logits (they score every continuation's first token): its segment's, or
+        # its root's when the prefix is the root itself
+        rows = [seg_last[gi] if g.segment else root_last[group_parent[gi]] for gi, g in enumerate(groups)]
+        first = F.log_softmax(torch.stack(rows), dim=-1, dtype=self.softmax_dtype)
         lengths = [len(splits[i].suffix) for i in leaves]
-        for whole in length_chunks(lengths):
+        short = [r for r, n in enumerate(lengths) if n == 0]  # one-token continuations: no pass of their own
+        yield from self._score_leaves([leaves[r] for r in short], [leaf_parent[r] for r in short], None, None,
+                                      splits, first)
+        long = [r for r, n in enumerate(lengths) if n > 0]
+        for whole in length_chunks([lengths[r] for r in long]):
+            whole = [long[j] for j in whole]
             # rows per pass capped so one pass holds at most ``max_pass_tokens`` positions of logits: on CPU a
             # bigger logits tensor only thrashes caches (measured: CrowS-Pairs 0.7x HFLM without the cap)
             step = max(1, self.max_pass_tokens // max(1, lengths[whole[0]]))
             for chunk in (whole[j: j + step] for j in range(0, len(whole), step)):
                 yield from self._score_leaves([leaves[r] for r in chunk], [leaf_parent[r] for r in chunk], kv, mask,
-                                              splits)
+                                              splits, first)
         # the batch's cache (kv) is released when this generator ends
 
-    def _score_leaves(self, rows: Sequence[int], parents: Sequence[int], kv, mask, splits: Sequence[Split]):
-        """Run the suffixes of requests ``rows`` from their cached prefixes; yield (index, answer)."""
-        _, _, logits = self._extend([splits[i].suffix for i in rows], parents, kv, mask, logits=True)
-        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
-        del logits
+    def _score_leaves(self, rows: Sequence[int], parents: Sequence[int], kv, mask, splits: Sequence[Split],
+                      first: torch.Tensor):
+        """Score requests ``rows``: their first token from ``first[parent]`` (the prefix's last log-probs),
+        the rest from a pass over their suffixes after the cached prefixes; yield (index, answer)."""
+        if not rows:
+            return
+        suffixes = [splits[i].suffix for i in rows]
+        logp = None
+        if any(suffixes):
+            _, _, logits = self._extend(suffixes, parents, kv, mask, head="valid")
+            logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+            del logits
+        at = 0
         for row, idx in enumerate(rows):
+            n = len(suffixes[row])
+            scored = first[parents[row]].unsqueeze(0)
+            if n:
+                scored = torch.cat([scored, logp[at: at + n]])
+                at += n
             targets = torch.tensor(splits[idx].targets, dtype=torch.long, device=self.device)
-            scored = logp[row, : len(targets)]
             greedy = bool((scored.argmax(dim=-1) == targets).all())
             yield idx, (float(scored.gather(1, targets[:, None]).sum()), greedy)

@@ -59,16 +59,18 @@ def _assert_same(ref, got):
 
 
 def test_split_request_cuts_hflm_window():
-    # no truncation: prefix = context minus its last token, suffix = last context token + cont[:-1]
+    # no truncation: prefix = the context (its last token's logits score cont[0]), suffix = cont[:-1]
     s = split_request([1, 2, 3, 4], [5, 6], max_length=10)
-    assert s == Split(prefix=(1, 2, 3), suffix=(4, 5), targets=(5, 6))
+    assert s == Split(prefix=(1, 2, 3, 4), suffix=(5,), targets=(5, 6))
     # truncation: window (ctx + cont)[-(L+1):][:-1] = [3, 4, 5] for L = 3; scored positions are its last 2
     s = split_request([1, 2, 3, 4], [5, 6], max_length=3)
-    assert s == Split(prefix=(3,), suffix=(4, 5), targets=(5, 6))
-    # a one-token context has nothing to cache
-    assert split_request([9], [5, 6, 7], max_length=10) == Split(prefix=(), suffix=(9, 5, 6), targets=(5, 6, 7))
+    assert s == Split(prefix=(3, 4), suffix=(5,), targets=(5, 6))
+    # a one-token context is a one-token prefix
+    assert split_request([9], [5, 6, 7], max_length=10) == Split(prefix=(9,), suffix=(5, 6), targets=(5, 6, 7))
     # the continuation fills the whole window
-    assert split_request([1, 2], [5, 6, 7], max_length=3) == Split(prefix=(), suffix=(2, 5, 6), targets=(5, 6, 7))
+    assert split_request([1, 2], [5, 6, 7], max_length=3) == Split(prefix=(2,), suffix=(5, 6), targets=(5, 6, 7))
+    # a one-token continuation has an empty suffix: the prefix's last logits score it
+    assert split_request([1, 2], [5], max_length=10) == Split(prefix=(1, 2), suffix=(), targets=(5,))
 
 
 def test_split_request_rejects_what_hflm_rejects():
@@ -147,6 +149,29 @@ def _requests(draw):
 @given(pairs=_requests())
 def test_property_equals_hflm(tiny_lms, pairs):
     hf, engine = tiny_lms
+    _assert_same(hf.loglikelihood(_instances(pairs)), engine.loglikelihood(_instances(pairs)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=_requests())
+def test_property_equals_hflm_with_shared_roots(tiny, pairs):
+    """Any shared head becomes a root (min_shared_prefix=1), so a context that is the head of another
+    is a group with an empty segment, scored from its root's last logits."""
+    hf, _ = _pair(tiny)
+    engine = PrefixCacheLM(pretrained=tiny.model, tokenizer=tiny.tokenizer, device="cpu", min_shared_prefix=1)
+    _assert_same(hf.loglikelihood(_instances(pairs)), engine.loglikelihood(_instances(pairs)))
+
+
+def test_shared_root_plan_has_empty_segments_and_one_token_continuations(tiny):
+    """The case the property test above relies on does occur: a group whose prefix is its root."""
+    engine = PrefixCacheLM(pretrained=tiny.model, tokenizer=tiny.tokenizer, device="cpu", min_shared_prefix=1)
+    pairs = [("the cat sat on the mat", " he"), ("the cat sat on the mat and the dog", " she"),
+             ("the cat sat on the mat and the dog", " said Hello world")]
+    splits = [split_request(*engine._encode_pair(c, x), max_length=engine.max_length) for c, x in pairs]
+    (cluster,) = plan_clusters(splits, min_shared=1)
+    assert sorted(len(g.segment) for g in cluster.groups)[0] == 0 and len(cluster.groups) == 2
+    assert min(len(s.suffix) for s in splits) == 0
+    hf, _ = _pair(tiny)
     _assert_same(hf.loglikelihood(_instances(pairs)), engine.loglikelihood(_instances(pairs)))
 
 
