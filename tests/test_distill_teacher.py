@@ -55,3 +55,39 @@ def test_soft_label_student_is_closer_to_teacher_than_ce_only(teacher, data_dir,
     assert soft.kl_to_teacher < ce.kl_to_teacher
     assert soft.teacher_ppl == pytest.approx(ce.teacher_ppl)
     assert soft.kl_to_teacher > 0 and soft.student_ppl > 1
+
+
+@pytest.mark.parametrize("method", ["hard-sequence", "hard-token", "co"])
+def test_every_technique_makes_a_student_from_the_real_teacher_through_the_cli(teacher, tmp_path, method):
+    """`bequeath distill --method ...` on SmolLM2-135M with a tiny budget: the student (and, for
+    co-distillation, the updated teacher) are written as safetensors with a card, and they trained."""
+    from safetensors.torch import load_file
+
+    from audit.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Write one sentence about a nurse.\nName a colour.\nWhat is two plus two?\nSay hello.\n")
+    out = tmp_path / method
+    flags = {"hard-sequence": ["--method", "hard", "--hard-level", "sequence"],
+             "hard-token": ["--method", "hard", "--hard-level", "token"],
+             "co": ["--method", "co", "--burn-in", "1", "--lam", "0.5"]}[method]
+    code = main(["distill", "--teacher", str(teacher.directory), "--corpus", "generate", "--prompts", str(prompts),
+                 "--max-new-tokens", "8", "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--seq-len", "32",
+                 "--every", "10", "--lr", "1e-4", "--no-progress", *flags])
+    assert code == 0
+    student = out / "student" if method == "co" else out
+    card = json.loads((student / "distill_card.json").read_text())
+    assert card["steps"] == 2 and card["tokens_seen"] > 0
+    assert all(e["loss"] == e["loss"] and e["loss"] > 0 for e in card["loss_curve"])  # finite, positive
+    corpus = [json.loads(line) for line in (out / "corpus.jsonl").read_text().splitlines()]
+    assert len(corpus) == 4 and all(r["provenance"]["teacher_hash"] for r in corpus)
+    weights = load_file(str(student / "model.safetensors"))
+    assert {k.split(".")[2] for k in weights if k.startswith("model.layers.")} == {"0", "1", "2"}  # 0, 10, 20
+    import torch
+
+    before = load_file(str(teacher.directory / "model.safetensors"))
+    # the student started as a copy of teacher layer 10 (its layer 1) and moved away from it in training
+    assert not torch.equal(weights["model.layers.1.mlp.down_proj.weight"], before["model.layers.10.mlp.down_proj.weight"])
+    if method == "co":
+        after = load_file(str(out / "teacher" / "model.safetensors"))
+        assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
