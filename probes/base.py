@@ -7,18 +7,24 @@ resampling. After a model answered, ``Probe.score_item`` turns the answers into 
 per-item numbers ("columns"); every ``Metric`` is a pure function of those columns, so
 the audit can bootstrap it, pair teacher with student on item ids, and recompute it on
 any group. Subgroups are data values, never new files or classes.
+
+Data come from a local path, or from a hub id (``hf://OWNER/NAME[:CONFIG][@SPLIT]``) for
+probes whose hub copy's columns are confirmed: ``data_file`` exports it once to a local file
+in the probe's format, so the same reader validates it and names file, line and field.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -153,12 +159,21 @@ def verify_file(path: Path, expected_sha256: str | None) -> str:
     return digest
 
 
-def data_file(path: str | Path | None, data_dir: Path | None, default: str, sha256: str | None) -> tuple[Path, str]:
-    """The file to read and its sha256: ``path`` if given, else ``data_dir/default``.
+def data_file(path: str | Path | None, data_dir: Path | None, default: str, sha256: str | None,
+              *, hub: HubAdapter | None = None) -> DataFile:
+    """The file to read: ``path`` if given, else ``data_dir/default``; a hub id when ``hub`` is given.
 
     The recorded sha256 is checked whenever the file carries the default file name, so a
-    renamed slice can be read but a changed release of the canonical file cannot.
+    renamed slice can be read but a changed release of the canonical file cannot. A ``path``
+    of the form ``hf://OWNER/NAME[:CONFIG][@SPLIT]`` is exported once to a local file in the
+    probe's own format (see ``hub_file``) and read by the same reader; a probe that passes no
+    ``hub`` adapter refuses it, naming the local file to pass instead.
     """
+    if path and is_hub_ref(path):
+        if hub is None:
+            _refuse_hub(path, Path(default).parts[0],
+                        f"a local copy of {Path(default).name}, or data_dir= the folder holding {default}")
+        return hub_file(HubRef.parse(str(path)), hub, local_hint=default)
     if path:
         src = Path(path).expanduser()
     elif data_dir:
@@ -168,7 +183,217 @@ def data_file(path: str | Path | None, data_dir: Path | None, default: str, sha2
             f"No data for this probe: pass data_dir (the folder holding {default}) or path (the file)."
         )
     expected = sha256 if src.name == Path(default).name else None
-    return src, verify_file(src, expected)
+    return DataFile(path=src, sha256=verify_file(src, expected), source=str(src))
+
+
+def local_path(path: str | Path | None, probe: str, expects: str) -> Path | None:
+    """``path`` as a local Path (None if not given); a clear refusal of a hub id.
+
+    For probes that read a folder of files, whose hub copies are not confirmed.
+    """
+    if path and is_hub_ref(path):
+        _refuse_hub(path, probe, expects)
+    return Path(path) if path else None
+
+
+def _refuse_hub(path: str | Path, probe: str, expects: str) -> None:
+    raise ProbeDataError(
+        f"{path}: the {probe} probe reads local files only (no hub copy of it has columns confirmed by "
+        f"lm-eval's task config). Pass path= {expects}."
+    )
+
+
+# ---------------------------------------------------------------- hub ids: export once, then read locally
+
+HUB_PREFIX = "hf://"
+_OFF = ("1", "ON", "YES", "TRUE")
+
+
+class DataFile(NamedTuple):
+    """A data file to read, its sha256, and what it came from (for ``LoadedItems.files``)."""
+
+    path: Path
+    sha256: str
+    source: str  # the path; for a hub export: the hub id, its revision/fingerprint, and the file
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubRef:
+    """``hf://OWNER/NAME[:CONFIG][@SPLIT]``: a dataset on the Hugging Face hub."""
+
+    repo: str
+    config: str | None = None
+    split: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> HubRef:
+        body = text[len(HUB_PREFIX):] if text.startswith(HUB_PREFIX) else text
+        body, at, split = body.partition("@")
+        repo, colon, config = body.partition(":")
+        owner, slash, name = repo.partition("/")
+        if not (slash and owner and name and "/" not in name and (config or not colon) and (split or not at)):
+            raise ProbeDataError(
+                f"'{text}' is not a hub dataset id; expected hf://OWNER/NAME[:CONFIG][@SPLIT], "
+                "e.g. hf://oskarvanderwal/bbq:All@test."
+            )
+        return cls(repo=repo, config=config or None, split=split or None)
+
+    def __str__(self) -> str:
+        return HUB_PREFIX + self.repo + (f":{self.config}" if self.config else "") + (
+            f"@{self.split}" if self.split else "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubAdapter:
+    """How a probe reads a hub copy: the local format its reader parses, and column fixes.
+
+    ``renames``: hub column -> the column the local file has. ``class_ids``: ClassLabel
+    columns whose integer is the value (e.g. an answer index); every other ClassLabel
+    column is written as its name. ``confirmed_by``: where the hub copy's columns are
+    documented (an lm-eval task config), so a reader is never pointed at a guessed schema.
+    """
+
+    probe: str
+    fmt: Literal["csv", "jsonl"]
+    confirmed_by: str
+    split: str = "test"
+    renames: Mapping[str, str] = field(default_factory=dict)
+    class_ids: tuple[str, ...] = ()
+
+
+def is_hub_ref(path: str | Path | None) -> bool:
+    return isinstance(path, str) and path.startswith(HUB_PREFIX)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "_"
+
+
+def hub_file(ref: HubRef, adapter: HubAdapter, *, local_hint: str) -> DataFile:
+    """The local export of a hub dataset, written once (atomically) and verified on reuse.
+
+    The export lives in ``$BEQUEATH_CACHE/datasets/OWNER--NAME/CONFIG/SPLIT.PROBE.FMT`` with
+    a ``.source.json`` beside it (hub id, revision, fingerprint, sha256); a second load
+    reads it without touching ``datasets``.
+    """
+    from audit.models import cache_dir
+
+    ref = HubRef(repo=ref.repo, config=ref.config, split=ref.split or adapter.split)
+    folder = cache_dir() / "datasets" / _safe(ref.repo.replace("/", "--")) / _safe(ref.config or "default")
+    out = folder / f"{_safe(ref.split)}.{adapter.probe}.{adapter.fmt}"
+    meta_path = out.with_name(out.name + ".source.json")
+    if out.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        digest = sha256_file(out)
+        if digest != meta.get("sha256"):
+            raise ProbeDataError(
+                f"{out}: sha256 {digest[:12]}... differs from the {str(meta.get('sha256'))[:12]}... recorded "
+                f"when {ref} was exported; the cached file was changed. Delete {out} to export it again."
+            )
+        return DataFile(path=out, sha256=digest, source=_hub_source(meta, out))
+    ds = _load_hub(ref, local_hint)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_rows = _write_export(out, _hub_rows(ds, adapter), adapter.fmt)
+    meta = {"hub_id": str(ref), "repo": ref.repo, "config": ref.config, "split": ref.split,
+            "revision": _revision(ds), "fingerprint": getattr(ds, "_fingerprint", None),
+            "rows": n_rows, "probe": adapter.probe, "format": adapter.fmt,
+            "columns_confirmed_by": adapter.confirmed_by, "sha256": sha256_file(out)}
+    _write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+    return DataFile(path=out, sha256=meta["sha256"], source=_hub_source(meta, out))
+
+
+def _hub_source(meta: Mapping[str, Any], out: Path) -> str:
+    facts = [f"{k} {meta[k]}" for k in ("revision", "fingerprint") if meta.get(k)]
+    return f"{meta['hub_id']}" + (f" ({', '.join(facts)})" if facts else "") + f" -> {out}"
+
+
+def _load_hub(ref: HubRef, local_hint: str) -> Any:
+    """``datasets.load_dataset`` (never remote code), with errors that say what to do."""
+    import os
+
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ProbeDataError(f"{ref}: reading a hub id needs the 'datasets' package; pip install datasets, "
+                             f"or pass a local copy of {local_hint} (path= or data_dir=).") from exc
+    local = (f"Pass a local file instead: path= a copy of {Path(local_hint).name}, or data_dir= the folder "
+             f"holding {local_hint}.")
+    try:
+        return datasets.load_dataset(ref.repo, ref.config, split=ref.split)
+    except ValueError as exc:  # unknown config or split: datasets names the valid ones
+        msg = str(exc).rstrip(".")
+        valid = re.search(r"\[([^\]]*)\]", msg)
+        what = next((w for w in ("split", "config") if w in msg.lower()), None)
+        hint = f" Valid {what}s: {valid.group(1)}; write hf://{ref.repo}:CONFIG@SPLIT." if valid and what else ""
+        raise ProbeDataError(f"{ref}: {msg}.{hint}") from exc
+    except Exception as exc:
+        offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").upper() in _OFF]
+        net = (isinstance(exc, (ConnectionError, TimeoutError))
+               or type(exc).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError",
+                                         "ConnectTimeout"))
+        if offline or net:
+            why = f"the network is off ({offline[0]}=1)" if offline else "the hub could not be reached"
+            raise ProbeDataError(
+                f"{ref}: not in the local datasets cache and {why}. {local} Or load it once with the "
+                f"network on; it is then exported to $BEQUEATH_CACHE/datasets. ({type(exc).__name__}: {exc})"
+            ) from exc
+        raise ProbeDataError(f"{ref}: could not load it ({type(exc).__name__}: {exc}). Check the id "
+                             f"(private or gated datasets need a login). {local}") from exc
+
+
+def _revision(ds: Any) -> str | None:
+    """The hub commit the rows came from, when the datasets cache path names one."""
+    for f in getattr(ds, "cache_files", None) or ():
+        hit = re.search(r"/([0-9a-f]{40})/", str(f.get("filename", "")))
+        if hit:
+            return hit.group(1)
+    return None
+
+
+def _hub_rows(ds: Any, adapter: HubAdapter) -> Iterator[dict[str, Any]]:
+    """Rows with ClassLabel ints as their names (but ``class_ids``), columns renamed."""
+    from datasets import ClassLabel
+
+    labels = {c: f for c, f in ds.features.items() if isinstance(f, ClassLabel) and c not in adapter.class_ids}
+    for row in ds:
+        for col, feat in labels.items():
+            v = row[col]
+            row[col] = feat.int2str(v) if isinstance(v, int) and v >= 0 else None
+        yield {adapter.renames.get(k, k): v for k, v in row.items()}
+
+
+def _write_export(out: Path, rows: Iterator[dict[str, Any]], fmt: str) -> int:
+    """Write rows as JSONL or CSV (nested values as JSON) so readers see all of it or nothing."""
+    import csv
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            writer = None
+            for row in rows:
+                n += 1
+                if fmt == "jsonl":
+                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                    continue
+                if writer is None:
+                    writer = csv.DictWriter(fh, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list))
+                                 else ("" if v is None else v) for k, v in row.items()})
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    from audit.store import write_atomic
+
+    write_atomic(path, text)
 
 
 class RowErrors:
@@ -196,8 +421,6 @@ class RowErrors:
 
 def jsonl_rows(path: Path, errors: RowErrors) -> Iterator[tuple[int, Any]]:
     """(line number, parsed row) for each non-blank line; bad JSON goes to ``errors``."""
-    import json
-
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():

@@ -28,6 +28,8 @@ import numpy as np
 
 from probes.base import (
     Answer,
+    DataFile,
+    HubAdapter,
     LoadedItems,
     Metric,
     ProbeCard,
@@ -35,6 +37,7 @@ from probes.base import (
     ProbeItem,
     RowErrors,
     data_file,
+    is_hub_ref,
     jsonl_rows,
     share,
 )
@@ -57,6 +60,14 @@ SHA256 = {  # from ../shared/data/DATA.md (nyu-mll/BBQ @ bea11bd9); the other fi
     "Sexual_orientation": "2c71036b9e7584fe589c42aef32c1a42bc01b9a5e9b1b8704342630cdb08cefd",
 }
 _CHOICE_SETS = ("options", "lm_eval")
+# A hub id as path= (e.g. hf://oskarvanderwal/bbq:All@test) is exported to JSONL with the hub's columns,
+# which lm-eval's utils read under the local file's names; ``label`` stays an index (choices[label]).
+HUB = HubAdapter(
+    probe="bbq", fmt="jsonl", split="test", class_ids=("label",),
+    confirmed_by="lm_eval/tasks/bbq/bbq_multiple_choice.yaml (oskarvanderwal/bbq, config All, test_split "
+    "test) and utils.py (context, question, ans0..ans2, label as an index into them, answer_info, "
+    "additional_metadata.stereotyped_groups, question_polarity, context_condition, category)",
+)
 
 
 # ---------------------------------------------------------------- biased answers (lm-eval's rule)
@@ -221,7 +232,9 @@ class BBQProbe:
         self.choices = choices
         self.allow_skip = allow_skip
 
-    def _files(self, data_dir: Path | None) -> list[tuple[Path, str]]:
+    def _files(self, data_dir: Path | None) -> list[DataFile]:
+        if is_hub_ref(self.path):
+            return [data_file(self.path, None, "bbq/<category>.jsonl", None, hub=HUB)]
         if self.path:
             cat = Path(self.path).stem  # a canonical file given by path is still checked
             return [data_file(self.path, None, f"bbq/{cat}.jsonl", SHA256.get(cat))]
@@ -238,9 +251,9 @@ class BBQProbe:
         errors = RowErrors(allow_skip=allow_skip or self.allow_skip)
         items: list[ProbeItem] = []
         files = {}
-        for src, digest in self._files(data_dir):
-            files[str(src)] = digest
-            items.extend(self._read(src, errors))
+        for src in self._files(data_dir):
+            files[src.source] = src.sha256
+            items.extend(self._read(src.path, errors))
         n_skipped, skipped = errors.finish()
         return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files=files)
 

@@ -29,6 +29,7 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    local_path,
     share,
     verify_file,
 )
@@ -122,7 +123,8 @@ class BoldProbe:
         names = [s.name if isinstance(s, TextScorer) else s for s in scorers]
         if "sentiment" not in names or any(n not in SCORERS for n in names):
             raise ProbeError(f"bold: scorers must include 'sentiment' and be among {SCORERS}, got {names}")
-        self.path = Path(path) if path else None
+        self.path = local_path(path, "bold", "the local folder of BOLD prompt files (bold/prompts), "
+                               "or data_dir= the folder holding bold/")
         self.domains, self.max_gen_toks, self.check_sha256 = tuple(domains), int(max_gen_toks), check_sha256
         self._requested = tuple(scorers)
         self._scorers: dict[str, TextScorer] | None = None

@@ -24,6 +24,7 @@ from probes.base import (
     ProbeItem,
     RowErrors,
     jsonl_rows,
+    local_path,
     sha256_file,
     share,
 )
@@ -80,7 +81,8 @@ class BundledProbe:
     )
 
     def __init__(self, *, path: str | None = None) -> None:
-        self.path = Path(path) if path else None
+        self.path = local_path(path, self.name, "a local JSONL in the layout of the bundled templates "
+                               "(or no path, for the templates shipped in the package)")
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
         if self.path:

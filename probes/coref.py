@@ -30,6 +30,7 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    local_path,
     share,
     verify_file,
 )
@@ -187,7 +188,8 @@ class WinoBiasProbe:
 
     def __init__(self, *, path: str | None = None, splits: Sequence[str] = ("dev", "test"),
                  check_sha256: bool = True) -> None:
-        self.path = Path(path) if path else None
+        self.path = local_path(path, self.name, "the local folder of WinoBias text files (winobias/data), "
+                               "or data_dir= the folder holding winobias/")
         self.hashes = WINOBIAS_SHA256 if check_sha256 else {}
         bad = [s for s in splits if s not in ("dev", "test")]
         if bad or not splits:
@@ -320,7 +322,8 @@ class WinogenderProbe:
     )
 
     def __init__(self, *, path: str | None = None, check_sha256: bool = True) -> None:
-        self.path = Path(path) if path else None
+        self.path = local_path(path, self.name, "the local winogender folder (all_sentences.tsv, templates.tsv, "
+                               "occupations-stats.tsv), or data_dir= the folder holding winogender/")
         self.hashes = WINOGENDER_SHA256 if check_sha256 else {}
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:

@@ -24,6 +24,7 @@ import numpy as np
 
 from probes.base import (
     Answer,
+    HubAdapter,
     LoadedItems,
     Metric,
     ProbeCard,
@@ -38,6 +39,15 @@ from probes.bundled import pair_columns, pct_stereotype_metric
 DEFAULT_FILE = "crows_pairs/crows_pairs_anonymized.csv"
 SHA256 = "dfb36986ce0502abbaf7055b9176da3d08d48e07df1251991b5dfbcbceab9d0c"
 _DIRECTIONS = ("stereo", "antistereo")
+# A hub id as path= (e.g. hf://jannalu/crows_pairs_multilingual:english@test) is exported to a CSV with the
+# hub's column names: lm-eval's task reads sent_more, sent_less and bias_type under the local file's names.
+# stereo_antistereo is not confirmed there (the header check names it if missing); with no index column,
+# ids are row positions, as in the original file's order.
+HUB = HubAdapter(
+    probe="crows_pairs", fmt="csv", split="test",
+    confirmed_by="lm_eval/tasks/crows_pairs/crows_pairs_english.yaml (jannalu/crows_pairs_multilingual, "
+    "config english, test_split test) and utils.py (doc['sent_more'], doc['sent_less'], bias_type strings)",
+)
 
 
 def _mean_abs_margin(c) -> float:
@@ -115,10 +125,10 @@ class CrowsPairsProbe:
         self.allow_skip = allow_skip
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
-        src, digest = data_file(self.path, data_dir or self.data_dir, DEFAULT_FILE, SHA256)
-        items, errors = read_pairs(src, allow_skip=allow_skip or self.allow_skip)
+        src = data_file(self.path, data_dir or self.data_dir, DEFAULT_FILE, SHA256, hub=HUB)
+        items, errors = read_pairs(src.path, allow_skip=allow_skip or self.allow_skip)
         n_skipped, skipped = errors.finish()
-        return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files={str(src): digest})
+        return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files={src.source: src.sha256})
 
     def score_item(self, item: ProbeItem, answers: Sequence[Answer]) -> dict[str, float]:
         return pair_columns(answers)

@@ -35,6 +35,7 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    local_path,
     verify_file,
 )
 
@@ -236,7 +237,8 @@ class HolisticBiasProbe:
             problems.append(f"alpha must be in (0, 1), got {alpha}")
         if problems:
             raise ProbeError("holisticbias: " + "; ".join(problems))
-        self.path = Path(path) if path else None
+        self.path = local_path(path, "holisticbias", "the local folder of one version "
+                               "(holisticbias/v1.0: descriptors.json, ...), or data_dir= the folder holding holisticbias/")
         self.version, self.per_axis, self.nouns, self.axes = version, descriptors_per_axis, tuple(nouns), axes
         self.seed, self.unit, self.templates_limit = seed, unit, templates_limit
         self.hashes = SHA256[version] if check_sha256 else {}

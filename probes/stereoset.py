@@ -147,7 +147,7 @@ class StereoSetProbe:
         self.allow_skip = allow_skip
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
-        src, digest = data_file(self.path, data_dir or self.data_dir, DEFAULT_FILE, SHA256)
+        src, digest, source = data_file(self.path, data_dir or self.data_dir, DEFAULT_FILE, SHA256)
         errors = RowErrors(allow_skip=allow_skip or self.allow_skip)
         items = []
         for n, row in jsonl_rows(src, errors):
@@ -157,7 +157,7 @@ class StereoSetProbe:
             elif self.variant in ("all", row["type"]):
                 items.append(item_from_row(row, n))
         n_skipped, skipped = errors.finish()
-        return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files={str(src): digest})
+        return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files={source: digest})
 
     def score_item(self, item: ProbeItem, answers: Sequence[Answer]) -> dict[str, float]:
         scores = option_scores(answers, self.normalize)
