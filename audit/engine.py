@@ -10,7 +10,9 @@ item with 12 options runs its context 12 times (89% of the tokens of BBQ). ``Pre
    ``len(continuation)`` positions. The first of them is the window's last context token: it ends the
    request's *prefix* (cached; only its last position's logits are computed, once for every
    continuation of that context); the rest is its *suffix* (continuation[:-1], empty for a one-token
-   continuation, which then needs no pass of its own).
+   continuation, which then needs no pass of its own). A request whose window has only one token before
+   the continuation (a prefix-token context) has no prefix: it is a plain forward, as in HFLM, since a
+   one-token cache saves nothing and costs the cached-attention path.
 2. Requests with the same prefix form a group; groups whose prefixes share a long head (a trie over
    token ids, e.g. BBQ items with one context and two questions) form a cluster with a shared *root*.
 3. A batch of clusters runs in three passes that extend one ``DynamicCache``: roots, then the rest of
@@ -51,7 +53,7 @@ class Split:
     """One request cut at the first scored position of HFLM's model window."""
 
     prefix: tuple[int, ...]  # cached window tokens; the last one's logits score targets[0]
-    suffix: tuple[int, ...]  # the rest of the window; its logits score targets[1:]
+    suffix: tuple[int, ...]  # the rest of the window; its logits score targets[1:] (all targets if no prefix)
     targets: tuple[int, ...]  # the continuation tokens
 
 
@@ -100,6 +102,8 @@ def split_request(context_enc: Sequence[int], continuation_enc: Sequence[int], m
     window = (list(context_enc) + list(continuation_enc))[-(max_length + 1):]
     inp, n_cont = window[:-1], len(continuation_enc)
     cut = len(inp) - n_cont
+    if cut == 0:  # nothing before the first scored position: a plain forward, no cache (CrowS-Pairs' BOS-only context)
+        return Split(prefix=(), suffix=tuple(inp), targets=tuple(continuation_enc))
     return Split(prefix=tuple(inp[:cut + 1]), suffix=tuple(inp[cut + 1:]), targets=tuple(continuation_enc))
 
 
@@ -142,23 +146,52 @@ def plan_clusters(splits: Sequence[Split], *, min_shared: int = 8) -> list[Clust
     return clusters
 
 
-def batch_bytes(clusters: Sequence[Cluster], splits: Sequence[Split], mem: MemoryModel) -> int:
-    """Estimated peak bytes of running ``clusters`` as one padded batch (caches kept across passes)."""
-    groups = [g for c in clusters for g in c.groups]
-    leaves = [i for g in groups for i in g.leaves]
-    n_r, n_g, n_l = len(clusters), len(groups), len(leaves)
-    lr = max(len(c.root) for c in clusters)
-    lg = max(len(g.segment) for g in groups)
-    ls = max(len(splits[i].suffix) for i in leaves)
-    kv = mem.kv * (n_r * lr + n_g * (lr + lg) + n_l * (lr + lg + ls))
-    acts = mem.activations * max(n_r * lr, n_g * lg, n_l * ls)
-    scores = mem.heads * mem.elem * max(n_r * lr * lr, n_g * lg * (lr + lg), n_l * ls * (lr + lg + ls))
-    return kv + acts + scores + mem.logits * (n_l * ls + n_r + n_g)
+@dataclass(frozen=True)
+class _Shape:
+    """What a batch's memory depends on: counts of roots, groups and leaves, and their longest rows."""
+
+    n_r: int
+    n_g: int
+    n_l: int
+    lr: int
+    lg: int
+    ls: int
+
+    @classmethod
+    def of(cls, clusters: Sequence[Cluster], splits: Sequence[Split]) -> _Shape:
+        groups = [g for c in clusters for g in c.groups]
+        leaves = [i for g in groups for i in g.leaves]
+        return cls(len(clusters), len(groups), len(leaves), max(len(c.root) for c in clusters),
+                   max(len(g.segment) for g in groups), max(len(splits[i].suffix) for i in leaves))
+
+    def __add__(self, other: _Shape) -> _Shape:
+        return _Shape(self.n_r + other.n_r, self.n_g + other.n_g, self.n_l + other.n_l, max(self.lr, other.lr),
+                      max(self.lg, other.lg), max(self.ls, other.ls))
+
+    def bytes(self, mem: MemoryModel, pass_tokens: int | None) -> int:
+        n_r, n_g, lr, lg, ls = self.n_r, self.n_g, self.lr, self.lg, self.ls
+        n_p = self.n_l if pass_tokens is None else min(self.n_l, max(1, pass_tokens // max(1, ls)))
+        kv = mem.kv * (n_r * lr + n_g * (lr + lg) + n_p * (lr + lg + ls))
+        acts = mem.activations * max(n_r * lr, n_g * lg, n_p * ls)
+        scores = mem.heads * mem.elem * max(n_r * lr * lr, n_g * lg * (lr + lg), n_p * ls * (lr + lg + ls))
+        return kv + acts + scores + mem.logits * (n_p * ls + n_r + n_g)
 
 
-def _divide(cluster: Cluster, splits: Sequence[Split], mem: MemoryModel, budget: int) -> list[Cluster]:
+def batch_bytes(clusters: Sequence[Cluster], splits: Sequence[Split], mem: MemoryModel, *,
+                pass_tokens: int | None = None) -> int:
+    """Estimated peak bytes of running ``clusters`` as one padded batch (caches kept across passes).
+
+    Root and segment caches live for the whole batch; suffixes run in passes of at most
+    ``pass_tokens`` positions (None: all at once), and only one pass's rows hold a copy of their
+    prefix cache, activations and logits at a time.
+    """
+    return _Shape.of(clusters, splits).bytes(mem, pass_tokens)
+
+
+def _divide(cluster: Cluster, splits: Sequence[Split], mem: MemoryModel, budget: int,
+            pass_tokens: int | None) -> list[Cluster]:
     """``cluster`` cut into pieces that each fit ``budget`` (down to single requests, which always run)."""
-    if batch_bytes([cluster], splits, mem) <= budget:
+    if batch_bytes([cluster], splits, mem, pass_tokens=pass_tokens) <= budget:
         return [cluster]
     if len(cluster.groups) > 1:
         half = len(cluster.groups) // 2
@@ -170,26 +203,30 @@ def _divide(cluster: Cluster, splits: Sequence[Split], mem: MemoryModel, budget:
                  (Group(segment=g.segment, leaves=g.leaves[half:]),))
     else:
         return [cluster]
-    return [piece for part in parts for piece in _divide(Cluster(root=cluster.root, groups=part), splits, mem, budget)]
+    return [piece for part in parts
+            for piece in _divide(Cluster(root=cluster.root, groups=part), splits, mem, budget, pass_tokens)]
 
 
 def plan_batches(
-    splits: Sequence[Split], mem: MemoryModel, budget_bytes: int, *, min_shared: int = 8
+    splits: Sequence[Split], mem: MemoryModel, budget_bytes: int, *, min_shared: int = 8,
+    pass_tokens: int | None = None,
 ) -> list[list[Cluster]]:
-    """Clusters packed greedily, longest first (less padding), into batches within ``budget_bytes``."""
-    pieces = [p for c in plan_clusters(splits, min_shared=min_shared) for p in _divide(c, splits, mem, budget_bytes)]
-
-    def length(c: Cluster) -> tuple[int, int, int]:
-        return (len(c.root), max(len(g.segment) for g in c.groups),
-                max(len(splits[i].suffix) for g in c.groups for i in g.leaves))
-
-    pieces.sort(key=length, reverse=True)
+    """Clusters packed greedily, longest first (less padding), into batches within ``budget_bytes``
+    (suffixes run in passes of at most ``pass_tokens`` positions, see ``batch_bytes``)."""
+    pieces = [p for c in plan_clusters(splits, min_shared=min_shared)
+              for p in _divide(c, splits, mem, budget_bytes, pass_tokens)]
+    shapes = {id(p): _Shape.of([p], splits) for p in pieces}
+    pieces.sort(key=lambda c: (shapes[id(c)].lr, shapes[id(c)].lg, shapes[id(c)].ls), reverse=True)
     batches: list[list[Cluster]] = []
+    current: _Shape | None = None
     for piece in pieces:
-        if batches and batch_bytes(batches[-1] + [piece], splits, mem) <= budget_bytes:
+        grown = current + shapes[id(piece)] if current is not None else None
+        if grown is not None and grown.bytes(mem, pass_tokens) <= budget_bytes:
             batches[-1].append(piece)
+            current = grown
         else:
             batches.append([piece])
+            current = shapes[id(piece)]
     return batches
 
 
@@ -276,7 +313,8 @@ class PrefixCacheLM(HFLM):
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         splits = [split_request(ctx, cont, self.max_length) for _, ctx, cont in requests]
         mem = memory_model(self.model.config, self.model.dtype, self.softmax_dtype or torch.float32)
-        batches = plan_batches(splits, mem, self.memory_budget_mb * 2**20, min_shared=self.min_shared_prefix)
+        batches = plan_batches(splits, mem, self.memory_budget_mb * 2**20, min_shared=self.min_shared_prefix,
+                               pass_tokens=self.max_pass_tokens)
         res: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
                     desc="Running loglikelihood requests (prefix cache)")
@@ -403,8 +441,11 @@ class PrefixCacheLM(HFLM):
         kv, mask, seg_last = self._extend_chunked([g.segment for g in groups], group_parent, kv, mask)
         # each prefix's last logits (they score every continuation's first token): its segment's, or
         # its root's when the prefix is the root itself
-        rows = [seg_last[gi] if g.segment else root_last[group_parent[gi]] for gi, g in enumerate(groups)]
-        first = F.log_softmax(torch.stack(rows), dim=-1, dtype=self.softmax_dtype)
+        rows = [seg_last[gi] if g.segment else root_last[group_parent[gi]] if batch[group_parent[gi]].root else None
+                for gi, g in enumerate(groups)]
+        have = [r for r in rows if r is not None]
+        first = None if not have else F.log_softmax(
+            torch.stack([r if r is not None else have[0] for r in rows]), dim=-1, dtype=self.softmax_dtype)
         lengths = [len(splits[i].suffix) for i in leaves]
         short = [r for r, n in enumerate(lengths) if n == 0]  # one-token continuations: no pass of their own
         yield from self._score_leaves([leaves[r] for r in short], [leaf_parent[r] for r in short], None, None,
@@ -435,10 +476,12 @@ class PrefixCacheLM(HFLM):
         at = 0
         for row, idx in enumerate(rows):
             n = len(suffixes[row])
-            scored = first[parents[row]].unsqueeze(0)
-            if n:
-                scored = torch.cat([scored, logp[at: at + n]])
-                at += n
+            if n < len(splits[idx].targets):  # the first target is scored by the prefix's last logits
+                scored = first[parents[row]].unsqueeze(0)
+                scored = torch.cat([scored, logp[at: at + n]]) if n else scored
+            else:
+                scored = logp[at: at + n]
+            at += n
             targets = torch.tensor(splits[idx].targets, dtype=torch.long, device=self.device)
             greedy = bool((scored.argmax(dim=-1) == targets).all())
             yield idx, (float(scored.gather(1, targets[:, None]).sum()), greedy)

@@ -65,10 +65,10 @@ def test_split_request_cuts_hflm_window():
     # truncation: window (ctx + cont)[-(L+1):][:-1] = [3, 4, 5] for L = 3; scored positions are its last 2
     s = split_request([1, 2, 3, 4], [5, 6], max_length=3)
     assert s == Split(prefix=(3, 4), suffix=(5,), targets=(5, 6))
-    # a one-token context is a one-token prefix
-    assert split_request([9], [5, 6, 7], max_length=10) == Split(prefix=(9,), suffix=(5, 6), targets=(5, 6, 7))
+    # a one-token context has nothing to cache: a plain forward scores every target
+    assert split_request([9], [5, 6, 7], max_length=10) == Split(prefix=(), suffix=(9, 5, 6), targets=(5, 6, 7))
     # the continuation fills the whole window
-    assert split_request([1, 2], [5, 6, 7], max_length=3) == Split(prefix=(2,), suffix=(5, 6), targets=(5, 6, 7))
+    assert split_request([1, 2], [5, 6, 7], max_length=3) == Split(prefix=(), suffix=(2, 5, 6), targets=(5, 6, 7))
     # a one-token continuation has an empty suffix: the prefix's last logits score it
     assert split_request([1, 2], [5], max_length=10) == Split(prefix=(1, 2), suffix=(), targets=(5,))
 
@@ -107,6 +107,13 @@ def test_plan_batches_covers_every_request_once_within_budget():
     for b in batches:
         n_leaves = sum(len(g.leaves) for c in b for g in c.groups)
         assert batch_bytes(b, splits, mem) <= budget or n_leaves == 1
+    # suffixes in passes of <= 6 positions: only one pass's rows copy their prefix cache, so more fits
+    paced = plan_batches(splits, mem, budget, pass_tokens=6)
+    assert sorted(i for b in paced for c in b for g in c.groups for i in g.leaves) == list(range(60))
+    assert len(paced) < len(batches)
+    for b in paced:
+        assert batch_bytes(b, splits, mem, pass_tokens=6) <= budget
+        assert batch_bytes(b, splits, mem, pass_tokens=6) < batch_bytes(b, splits, mem)
 
 
 def test_length_chunks_bound_padding():
