@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--hf-batch-size", type=int, default=32, help="HFLM batch size (default 32)")
     ap.add_argument("--memory-budget-mb", type=int, default=2048)
-    ap.add_argument("--max-pass-tokens", type=int, default=512, help="engine: scored positions per pass")
+    ap.add_argument("--max-pass-tokens", type=int, default=2048, help="engine: scored positions per pass")
     ap.add_argument("--tasks", default="bbq,hellaswag,crows", help="comma-separated subset of bbq,hellaswag,crows")
     # 1 by default: on a shared, oversubscribed machine two OpenMP threads spend most of their time waiting
     # for each other (measured here: 76 s vs 4.7 s for the same 36 requests), which drowns the comparison
