@@ -369,8 +369,11 @@ class PrefixCacheLM(HFLM):
         with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                              enabled=self.mixed_precision_dtype is not None), \
                 self._head_at(keep_index) as gathered:
-            out = self.model(input_ids=ids, attention_mask=torch.cat([mask, torch.ones_like(valid)], dim=1),
-                             position_ids=positions, use_cache=True, **kwargs)
+            if kv is None:  # no cache: right padding needs no mask under causal attention (HFLM's own call)
+                out = self.model(input_ids=ids, use_cache=True, **kwargs)
+            else:
+                out = self.model(input_ids=ids, attention_mask=torch.cat([mask, torch.ones_like(valid)], dim=1),
+                                 position_ids=positions, use_cache=True, **kwargs)
         cache = out.cache if self._cache_kw == "cache" else out.past_key_values
         if any(type(layer) is not DynamicLayer for layer in cache.layers):
             raise RuntimeError(
