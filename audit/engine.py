@@ -380,8 +380,9 @@ class PrefixCacheLM(HFLM):
                 f"{type(self.model).__name__} returned cache layers {sorted({type(x).__name__ for x in cache.layers})}; "
                 "PrefixCacheLM needs plain full-attention DynamicLayer caches. Use lm-eval's HFLM for this model."
             )
-        logits = out.logits
-        logits = logits.reshape(-1, logits.shape[-1]) if gathered else logits.reshape(-1, logits.shape[-1])[keep_index]
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        if not gathered:  # no head to hook: pick the positions from the full logits
+            logits = logits[keep_index]
         return [(layer.keys, layer.values) for layer in cache.layers], torch.cat([mask, valid], dim=1), logits
 
     @contextlib.contextmanager
@@ -447,11 +448,13 @@ class PrefixCacheLM(HFLM):
         kv, mask, seg_last = self._extend_chunked([g.segment for g in groups], group_parent, kv, mask)
         # each prefix's last logits (they score every continuation's first token): its segment's, or
         # its root's when the prefix is the root itself
+        # (a group with no prefix at all gets a row of NaN: its requests score every target from the suffix pass)
         rows = [seg_last[gi] if g.segment else root_last[group_parent[gi]] if batch[group_parent[gi]].root else None
                 for gi, g in enumerate(groups)]
-        have = [r for r in rows if r is not None]
-        first = None if not have else F.log_softmax(
-            torch.stack([r if r is not None else have[0] for r in rows]), dim=-1, dtype=self.softmax_dtype)
+        like = next((r for r in rows if r is not None), None)
+        first = None if like is None else F.log_softmax(
+            torch.stack([r if r is not None else torch.full_like(like, float("nan")) for r in rows]), dim=-1,
+            dtype=self.softmax_dtype)
         lengths = [len(splits[i].suffix) for i in leaves]
         short = [r for r, n in enumerate(lengths) if n == 0]  # one-token continuations: no pass of their own
         yield from self._score_leaves([leaves[r] for r in short], [leaf_parent[r] for r in short], None, None,

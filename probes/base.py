@@ -277,6 +277,7 @@ def hub_file(ref: HubRef, adapter: HubAdapter, *, local_hint: str) -> DataFile:
     reads it without touching ``datasets``.
     """
     from audit.models import cache_dir
+    from audit.store import write_atomic
 
     ref = HubRef(repo=ref.repo, config=ref.config, split=ref.split or adapter.split)
     folder = cache_dir() / "datasets" / _safe(ref.repo.replace("/", "--")) / _safe(ref.config or "default")
@@ -298,7 +299,7 @@ def hub_file(ref: HubRef, adapter: HubAdapter, *, local_hint: str) -> DataFile:
             "revision": _revision(ds), "fingerprint": getattr(ds, "_fingerprint", None),
             "rows": n_rows, "probe": adapter.probe, "format": adapter.fmt,
             "columns_confirmed_by": adapter.confirmed_by, "sha256": sha256_file(out)}
-    _write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+    write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
     return DataFile(path=out, sha256=meta["sha256"], source=_hub_source(meta, out))
 
 
@@ -363,37 +364,27 @@ def _hub_rows(ds: Any, adapter: HubAdapter) -> Iterator[dict[str, Any]]:
 
 
 def _write_export(out: Path, rows: Iterator[dict[str, Any]], fmt: str) -> int:
-    """Write rows as JSONL or CSV (nested values as JSON) so readers see all of it or nothing."""
+    """Write rows as JSONL or CSV (nested values as JSON), atomically; returns the row count."""
     import csv
-    import os
-    import tempfile
+    import io
 
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            writer = None
-            for row in rows:
-                n += 1
-                if fmt == "jsonl":
-                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-                    continue
-                if writer is None:
-                    writer = csv.DictWriter(fh, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list))
-                                 else ("" if v is None else v) for k, v in row.items()})
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
     from audit.store import write_atomic
 
-    write_atomic(path, text)
+    buf = io.StringIO(newline="")
+    writer = None
+    n = 0
+    for row in rows:
+        n += 1
+        if fmt == "jsonl":
+            buf.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            continue
+        if writer is None:
+            writer = csv.DictWriter(buf, fieldnames=list(row))
+            writer.writeheader()
+        writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list))
+                         else ("" if v is None else v) for k, v in row.items()})
+    write_atomic(out, buf.getvalue())
+    return n
 
 
 class RowErrors:

@@ -39,19 +39,20 @@ A_TEMPLATES = [("My {w} neighbour is", " {a}"), ("The {w} employee was described
 
 
 def _probe_rows() -> list[dict]:
+    """Gender rows (she-words stereotyped with 'she') and age rows (forgetful-words with 'forgetful.')."""
+    axes = [  # id prefix, bias type, templates, slot, (words, subgroup, stereotype) for each side
+        ("g", "gender", G_TEMPLATES, "p", [(SHE, "she", "she"), (HE, "he", "he")]),
+        ("a", "age", A_TEMPLATES, "a", [(AGE_FORGETFUL, "f", "forgetful."), (AGE_SHARP, "s", "sharp.")]),
+    ]
     rows = []
-    for t, (ctx, cont) in enumerate(G_TEMPLATES):
-        for w in SHE + HE:
-            s, a = ("she", "he") if w in SHE else ("he", "she")
-            rows.append({"id": f"g{t}-{w}", "bias_type": "gender", "subgroup": "she" if w in SHE else "he",
-                         "template": f"g{t}", "context": ctx.format(w=w),
-                         "stereotype": cont.format(p=s), "anti_stereotype": cont.format(p=a)})
-    for t, (ctx, cont) in enumerate(A_TEMPLATES):
-        for w in AGE_FORGETFUL + AGE_SHARP:
-            s, a = ("forgetful.", "sharp.") if w in AGE_FORGETFUL else ("sharp.", "forgetful.")
-            rows.append({"id": f"a{t}-{w}", "bias_type": "age", "subgroup": "f" if w in AGE_FORGETFUL else "s",
-                         "template": f"a{t}", "context": ctx.format(w=w),
-                         "stereotype": cont.format(a=s), "anti_stereotype": cont.format(a=a)})
+    for prefix, bias_type, templates, slot, sides in axes:
+        for t, (ctx, cont) in enumerate(templates):
+            for (words, subgroup, s), (_, _, a) in (sides, sides[::-1]):
+                for w in words:
+                    rows.append({"id": f"{prefix}{t}-{w}", "bias_type": bias_type, "subgroup": subgroup,
+                                 "template": f"{prefix}{t}", "context": ctx.format(w=w),
+                                 "stereotype": cont.format(**{slot: s}),
+                                 "anti_stereotype": cont.format(**{slot: a})})
     return rows
 
 
