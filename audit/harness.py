@@ -80,13 +80,14 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
     found: dict[str, Any] = {}
     for pp in probes:
         key = {"model": loaded.content_hash, "probe": pp.name, "version": pp.probe.version,
-               "items": digest([it.id for it in pp.items]), "data": pp.files, "options": _probe_options(spec, pp.name)}
+               "data": sorted(pp.files.values()), "options": _probe_options(spec, pp.name)}
 
-        def compute(a: int, b: int, pp=pp) -> list[dict]:
-            return [_result_row(r) for r in score_probe_items(lm, pp.probe, pp.items[a:b],
+        def compute(positions: list[int], pp=pp) -> list[dict]:
+            items = [pp.items[p] for p in positions]
+            return [_result_row(r) for r in score_probe_items(lm, pp.probe, items,
                                                               tokenizer=loaded.tokenizer, progress=True)]
         try:
-            rows, _ = cache.chunked(key, len(pp.items), compute)
+            rows, _ = cache.rows(key, [it.id for it in pp.items], compute)
             found[f"probe:{pp.name}"] = rows
         except Exception as exc:  # a failing model or scorer: keep what we have, report it
             errors.append({"model": name, "stage": f"probe:{pp.name}", "message": f"{type(exc).__name__}: {exc}"})
@@ -96,13 +97,13 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
             key = {"model": loaded.content_hash, "task": task, "version": "1", "limit": spec.task_limit,
                    "data": hashlib.sha256(data.read_bytes()).hexdigest(), "seed": spec.seed}
 
-            def compute_task(a: int, b: int, task=task) -> list[dict]:
+            def compute_task(_: list[int], task=task) -> list[dict]:
                 (res,) = run_tasks(lm, [task], data_dir=Path(spec.data_dir) if spec.data_dir else None,
                                    limit=spec.task_limit, seed=spec.seed)
                 if res.error:
                     raise BequeathError(res.error)
-                return [{"metric": res.metric, "data_file": res.data_file, "scores": res.scores}]
-            rows, _ = cache.chunked(key, 1, compute_task)
+                return [{"item": task, "metric": res.metric, "data_file": res.data_file, "scores": res.scores}]
+            rows, _ = cache.rows(key, [task], compute_task)
             found[f"task:{task}"] = rows[0]
         except Exception as exc:
             errors.append({"model": name, "stage": f"task:{task}", "message": f"{type(exc).__name__}: {exc}"})

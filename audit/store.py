@@ -17,6 +17,7 @@ from typing import Any
 from audit.errors import RunDirError
 
 SCHEMA_VERSION = 1
+CACHE_FORMAT = 2  # 2: rows keyed by item id (1 was by position in the sampled list)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -41,39 +42,53 @@ def digest(obj: Any) -> str:
 
 
 class ResultsCache:
-    """Per-model results keyed by content: model hash, probe/task version, data hash, settings.
+    """Per-model results keyed by content: model hash, probe/task version, data hashes, settings.
 
-    Results are stored in chunks, each written atomically, so an interrupted audit resumes
-    where it stopped and a second audit against an audited teacher does not run it again.
-    The keys do not include the scoring backend: backends give the same numbers.
+    Rows are stored per item id, in chunks each written atomically, so an interrupted audit
+    resumes where it stopped, a second audit against an audited teacher does not run it again,
+    and a larger ``limit`` (or a different sample) scores only the items not yet stored. The key
+    holds the data files' sha256, not their paths, so a moved checkout keeps its cache. The
+    keys do not include the scoring backend: backends give the same numbers.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def chunked(self, key: dict[str, Any], n_items: int, compute: Callable[[int, int], list[dict]],
-                *, chunk: int = 256) -> tuple[list[dict], int]:
-        """Rows for items [0, n_items), computing missing chunks; returns (rows, n_computed)."""
+    def rows(self, key: dict[str, Any], ids: list[str], compute: Callable[[list[int]], list[dict]],
+             *, chunk: int = 256) -> tuple[list[dict], int]:
+        """Rows for ``ids`` in their order, computing those not stored; returns (rows, n_computed).
+
+        ``compute(positions)`` scores ``ids[p] for p in positions`` and returns one row per
+        position, each with ``"item"`` set to its id.
+        """
+        key = {**key, "cache_format": CACHE_FORMAT}
         base = self.root / key["model"][:16] / digest(key)[:32]
         base.mkdir(parents=True, exist_ok=True)
         meta = base / "key.json"
         if not meta.exists():
             write_atomic(meta, json.dumps(key, indent=1, sort_keys=True))
-        rows, computed = [], 0
-        for start in range(0, n_items, chunk):
-            stop = min(start + chunk, n_items)
-            path = base / f"{start:07d}-{stop:07d}.json"
-            if path.exists():
-                try:
-                    rows.extend(json.loads(path.read_text()))
-                    continue
-                except ValueError:
-                    path.unlink()  # a torn file from an old crash: compute again
-            part = compute(start, stop)
-            write_atomic(path, json.dumps(part))
-            rows.extend(part)
-            computed += stop - start
-        return rows, computed
+        stored: dict[str, dict] = {}
+        for path in sorted(base.glob("*.json")):
+            if path == meta:
+                continue
+            try:
+                part = json.loads(path.read_text())
+            except ValueError:
+                path.unlink()  # a torn file from an old crash: compute again
+                continue
+            for row in part:
+                stored.setdefault(row["item"], row)
+        missing = [p for p, i in enumerate(ids) if i not in stored]
+        for start in range(0, len(missing), chunk):
+            positions = missing[start:start + chunk]
+            part = compute(positions)
+            got = [r["item"] for r in part]
+            if got != [ids[p] for p in positions]:
+                raise ValueError(f"results cache: computed rows are for items {got[:3]}..., "
+                                 f"expected {[ids[p] for p in positions][:3]}...")
+            write_atomic(base / f"{digest(got)[:24]}.json", json.dumps(part))
+            stored.update((r["item"], r) for r in part)
+        return [stored[i] for i in ids], len(missing)
 
 
 def prepare_run_dir(out: Path, spec_hash: str, *, force: bool) -> None:

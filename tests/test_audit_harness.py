@@ -73,19 +73,19 @@ def test_audit_run_is_paired_complete_and_cached(tmp_path, tiny_model_dir, stude
 
     # a second audit of the same models computes nothing: every chunk comes from the cache
     calls = []
-    original = ResultsCache.chunked
+    original = ResultsCache.rows
 
-    def spy(self, key, n, compute, **kw):
-        def wrapped(a, b):
+    def spy(self, key, ids, compute, **kw):
+        def wrapped(positions):
             calls.append(key.get("probe") or key.get("task"))
-            return compute(a, b)
-        return original(self, key, n, wrapped, **kw)
+            return compute(positions)
+        return original(self, key, ids, wrapped, **kw)
 
-    ResultsCache.chunked = spy
+    ResultsCache.rows = spy
     try:
         out2, code2 = run_audit(_spec(tmp_path, tiny_model_dir, student_dir, out=str(tmp_path / "run2")), progress=False)
     finally:
-        ResultsCache.chunked = original
+        ResultsCache.rows = original
     assert code2 == 0 and calls == []
     run2 = json.loads((out2 / "run.json").read_text())
     assert run2["comparisons"] == run["comparisons"]
@@ -115,25 +115,53 @@ def test_failed_model_keeps_results_and_reports_partial(tmp_path, tiny_model_dir
 def test_resume_after_interruption_recomputes_only_missing_chunks(tmp_path):
     cache = ResultsCache(tmp_path)
     key = {"model": "m" * 64, "probe": "p"}
+    ids = [f"i{k}" for k in range(10)]
     done = []
 
-    def compute(a, b):
-        if a >= 4 and not done:
+    def compute(positions):
+        if positions[0] >= 4 and not done:
             done.append("crash")
             raise KeyboardInterrupt
-        return [{"item": str(i)} for i in range(a, b)]
+        return [{"item": ids[p], "score": p * 10} for p in positions]
 
     with pytest.raises(KeyboardInterrupt):
-        cache.chunked(key, 10, compute, chunk=2)
+        cache.rows(key, ids, compute, chunk=2)
     seen = []
 
-    def again(a, b):
-        seen.append(a)
-        return compute(a, b)
+    def again(positions):
+        seen.append(positions)
+        return compute(positions)
 
-    rows, computed = cache.chunked(key, 10, again, chunk=2)
-    assert [r["item"] for r in rows] == [str(i) for i in range(10)]
-    assert seen == [4, 6, 8] and computed == 6
+    rows, computed = cache.rows(key, ids, again, chunk=2)
+    assert [r["item"] for r in rows] == ids and [r["score"] for r in rows] == list(range(0, 100, 10))
+    assert seen == [[4, 5], [6, 7], [8, 9]] and computed == 6
+
+
+def test_cache_scores_only_items_a_larger_sample_adds(tmp_path):
+    """A run with a larger limit (or another sample) reuses every item already scored."""
+    cache = ResultsCache(tmp_path)
+    key = {"model": "m" * 64, "probe": "p"}
+    scored = []
+
+    def compute(ids):
+        def f(positions):
+            scored.extend(ids[p] for p in positions)
+            return [{"item": ids[p], "v": ids[p].upper()} for p in positions]
+        return f
+
+    small = ["b", "d", "f"]
+    cache.rows(key, small, compute(small))
+    big = ["a", "b", "c", "d", "e", "f", "g"]
+    rows, computed = cache.rows(key, big, compute(big), chunk=3)
+    assert computed == 4 and scored == ["b", "d", "f", "a", "c", "e", "g"]
+    assert [r["v"] for r in rows] == ["A", "B", "C", "D", "E", "F", "G"]
+    # another key (a different model or data hash) shares nothing
+    assert cache.rows({**key, "data": ["x"]}, small, compute(small))[1] == 3
+
+    def wrong(positions):
+        return [{"item": "zz"} for _ in positions]
+    with pytest.raises(ValueError, match="expected"):
+        cache.rows({**key, "probe": "q"}, small, wrong)
 
 
 def test_spec_errors_are_collected_with_did_you_mean(tmp_path):
