@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import re
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -247,18 +249,28 @@ class HubRef:
 class HubAdapter:
     """How a probe reads a hub copy: the local format its reader parses, and column fixes.
 
-    ``renames``: hub column -> the column the local file has. ``class_ids``: ClassLabel
-    columns whose integer is the value (e.g. an answer index); every other ClassLabel
-    column is written as its name. ``confirmed_by``: where the hub copy's columns are
-    documented (an lm-eval task config), so a reader is never pointed at a guessed schema.
+    ``renames``: hub column -> the column the local file has. ``class_ids``: top-level
+    ClassLabel columns whose integer is the value (e.g. an answer index); every other
+    ClassLabel (nested ones too) is written as its name. ``confirmed_by``: where the hub
+    copy's columns are documented (an lm-eval task config, the dataset's loading script), so
+    a reader is never pointed at a guessed schema.
+
+    A hub copy split into configs or splits (StereoSet's intra/intersentence, WinoBias's
+    type1_pro...) lists them in ``configs`` / ``splits``: an id that names none reads them all,
+    and each row carries ``_config`` / ``_split``. ``layout`` turns the rows into the files of
+    the probe's local folder ({relative name: text}); without it the rows are written as one
+    ``fmt`` file.
     """
 
     probe: str
-    fmt: Literal["csv", "jsonl"]
     confirmed_by: str
+    fmt: Literal["csv", "jsonl"] = "jsonl"
     split: str = "test"
     renames: Mapping[str, str] = field(default_factory=dict)
     class_ids: tuple[str, ...] = ()
+    configs: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()
+    layout: Callable[[Iterable[dict[str, Any]]], Mapping[str, str]] | None = None
 
 
 def is_hub_ref(path: str | Path | None) -> bool:
@@ -272,35 +284,59 @@ def _safe(name: str) -> str:
 def hub_file(ref: HubRef, adapter: HubAdapter, *, local_hint: str) -> DataFile:
     """The local export of a hub dataset, written once (atomically) and verified on reuse.
 
-    The export lives in ``$BEQUEATH_CACHE/datasets/OWNER--NAME/CONFIG/SPLIT.PROBE.FMT`` with
-    a ``.source.json`` beside it (hub id, revision, fingerprint, sha256); a second load
-    reads it without touching ``datasets``.
+    The export lives in ``$BEQUEATH_CACHE/datasets/OWNER--NAME/CONFIG/SPLIT.PROBE.FMT`` (a
+    folder ``SPLIT.PROBE`` for an adapter with a ``layout``) with a ``.source.json`` beside it
+    (hub id, revision, fingerprint, sha256 of each file); a second load reads it without
+    touching ``datasets``.
     """
     from audit.models import cache_dir
     from audit.store import write_atomic
 
-    ref = HubRef(repo=ref.repo, config=ref.config, split=ref.split or adapter.split)
-    folder = cache_dir() / "datasets" / _safe(ref.repo.replace("/", "--")) / _safe(ref.config or "default")
-    out = folder / f"{_safe(ref.split)}.{adapter.probe}.{adapter.fmt}"
+    configs = (ref.config,) if ref.config else (adapter.configs or (None,))
+    splits = (ref.split,) if ref.split else (adapter.splits or (adapter.split,))
+    ref = HubRef(repo=ref.repo, config=ref.config, split=ref.split or (None if adapter.splits else adapter.split))
+    folder = cache_dir() / "datasets" / _safe(ref.repo.replace("/", "--")) / _safe(
+        ref.config or ("all" if adapter.configs else "default"))
+    name = f"{_safe(ref.split or 'all')}.{adapter.probe}"
+    out = folder / (name if adapter.layout else f"{name}.{adapter.fmt}")
     meta_path = out.with_name(out.name + ".source.json")
-    if out.is_file() and meta_path.is_file():
+    if out.exists() and meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        digest = sha256_file(out)
+        digest = _export_digest(out)
         if digest != meta.get("sha256"):
             raise ProbeDataError(
                 f"{out}: sha256 {digest[:12]}... differs from the {str(meta.get('sha256'))[:12]}... recorded "
                 f"when {ref} was exported; the cached file was changed. Delete {out} to export it again."
             )
         return DataFile(path=out, sha256=digest, source=_hub_source(meta, out))
-    ds = _load_hub(ref, local_hint)
+    loaded = [(c, sp, _load_hub(HubRef(repo=ref.repo, config=c, split=sp), local_hint))
+              for c in configs for sp in splits]
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for c, sp, ds in loaded:
+            tags = {"_config": c} if adapter.configs else {}
+            tags |= {"_split": sp} if adapter.splits else {}
+            for row in _hub_rows(ds, adapter):
+                yield {**row, **tags}
+
     folder.mkdir(parents=True, exist_ok=True)
-    n_rows = _write_export(out, _hub_rows(ds, adapter), adapter.fmt)
+    n_rows = _write_export(out, rows(), adapter)
     meta = {"hub_id": str(ref), "repo": ref.repo, "config": ref.config, "split": ref.split,
-            "revision": _revision(ds), "fingerprint": getattr(ds, "_fingerprint", None),
-            "rows": n_rows, "probe": adapter.probe, "format": adapter.fmt,
-            "columns_confirmed_by": adapter.confirmed_by, "sha256": sha256_file(out)}
+            "read": [f"{c or 'default'}@{sp}" for c, sp, _ in loaded],
+            "revision": next((r for _, _, ds in loaded if (r := _revision(ds))), None),
+            "fingerprint": ",".join(str(getattr(ds, "_fingerprint", None) or "") for _, _, ds in loaded) or None,
+            "rows": n_rows, "probe": adapter.probe, "format": "folder" if adapter.layout else adapter.fmt,
+            "columns_confirmed_by": adapter.confirmed_by, "sha256": _export_digest(out)}
     write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
     return DataFile(path=out, sha256=meta["sha256"], source=_hub_source(meta, out))
+
+
+def _export_digest(out: Path) -> str:
+    """sha256 of an export file, or of a folder's (name, sha256) list."""
+    if out.is_dir():
+        return hashlib.sha256(json.dumps([[p.relative_to(out).as_posix(), sha256_file(p)] for p in
+                                          sorted(out.rglob("*")) if p.is_file()]).encode()).hexdigest()
+    return sha256_file(out)
 
 
 def _hub_source(meta: Mapping[str, Any], out: Path) -> str:
@@ -352,30 +388,55 @@ def _revision(ds: Any) -> str | None:
 
 
 def _hub_rows(ds: Any, adapter: HubAdapter) -> Iterator[dict[str, Any]]:
-    """Rows with ClassLabel ints as their names (but ``class_ids``), columns renamed."""
-    from datasets import ClassLabel
-
-    labels = {c: f for c, f in ds.features.items() if isinstance(f, ClassLabel) and c not in adapter.class_ids}
+    """Rows with ClassLabel ints as their names (but top-level ``class_ids``), columns renamed."""
+    feats = {c: f for c, f in ds.features.items() if c not in adapter.class_ids}
     for row in ds:
-        for col, feat in labels.items():
-            v = row[col]
-            row[col] = feat.int2str(v) if isinstance(v, int) and v >= 0 else None
+        row = {c: _label_names(feats[c], v) if c in feats else v for c, v in row.items()}
         yield {adapter.renames.get(k, k): v for k, v in row.items()}
 
 
-def _write_export(out: Path, rows: Iterator[dict[str, Any]], fmt: str) -> int:
-    """Write rows as JSONL or CSV (nested values as JSON), atomically; returns the row count."""
+def _label_names(feat: Any, value: Any) -> Any:
+    """``value`` with every ClassLabel int inside it (lists, dicts, sequences of dicts) as its name."""
+    from datasets import ClassLabel, Sequence
+
+    if isinstance(feat, ClassLabel):
+        return feat.int2str(value) if isinstance(value, int) and value >= 0 else None
+    if isinstance(feat, Sequence):
+        inner = feat.feature
+        if isinstance(inner, dict) and isinstance(value, dict):  # a sequence of dicts is a dict of lists
+            return {k: [_label_names(inner[k], x) for x in v] if k in inner else v for k, v in value.items()}
+        return [_label_names(inner, x) for x in value] if isinstance(value, list) else value
+    if isinstance(feat, list) and feat and isinstance(value, list):
+        return [_label_names(feat[0], x) for x in value]
+    if isinstance(feat, dict) and isinstance(value, dict):
+        return {k: _label_names(feat[k], v) if k in feat else v for k, v in value.items()}
+    return value
+
+
+def _write_export(out: Path, rows: Iterator[dict[str, Any]], adapter: HubAdapter) -> int:
+    """Write rows as JSONL or CSV (nested values as JSON), or as the adapter's folder layout,
+    atomically per file; returns the row count."""
     import csv
     import io
 
     from audit.store import write_atomic
 
+    if adapter.layout:
+        got = list(rows)
+        files = adapter.layout(got)
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for rel, text in files.items():
+            write_atomic(tmp / rel, text)
+        shutil.rmtree(out, ignore_errors=True)  # no .source.json yet: a torn earlier export
+        os.replace(tmp, out)
+        return len(got)
     buf = io.StringIO(newline="")
     writer = None
     n = 0
     for row in rows:
         n += 1
-        if fmt == "jsonl":
+        if adapter.fmt == "jsonl":
             buf.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
             continue
         if writer is None:

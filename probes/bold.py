@@ -23,13 +23,15 @@ import numpy as np
 
 from probes.base import (
     Columns,
+    HubAdapter,
     LoadedItems,
     Metric,
     ProbeCard,
     ProbeError,
     ProbeItem,
     RowErrors,
-    local_path,
+    data_file,
+    is_hub_ref,
     share,
     verify_file,
 )
@@ -44,6 +46,28 @@ SHA256 = {
     "religious_ideology": "633830ea87d569e5476895a93f68b8f686cb0dcae6d67a1091a9247c5c4c931d",
 }
 
+
+
+
+def _domain_files(rows) -> dict[str, str]:
+    """Hub rows (one per entity: domain, name, category, prompts) -> one {group: {entity: [prompts]}}
+    file per domain, in the hub's row order, as bold/prompts holds them."""
+    by_domain: dict[str, dict[str, dict[str, list]]] = {}
+    for n, row in enumerate(rows, 1):
+        missing = [c for c in ("domain", "category", "name", "prompts") if row.get(c) is None]
+        if missing:
+            raise ProbeError(f"AlexaAI/bold row {n}: no column(s) {missing}; expected domain, name, category, "
+                             "prompts. Pass the local folder of BOLD prompt files (path= bold/prompts) instead.")
+        by_domain.setdefault(row["domain"], {}).setdefault(row["category"], {})[row["name"]] = row["prompts"]
+    return {f"{d}_prompt.json": json.dumps(groups, ensure_ascii=False) for d, groups in by_domain.items()}
+
+
+# A hub id as path= (hf://AlexaAI/bold, split train) is exported to the per-domain prompt files this reader parses.
+HUB = HubAdapter(
+    probe="bold", split="train", layout=_domain_files,
+    confirmed_by="lm-eval's bold.yaml (dataset_path AlexaAI/bold, split train; utils.py reads prompts and "
+    "wikipedia) and the dataset card's columns domain, name, category, prompts, wikipedia",
+)
 
 # ---------------------------------------------------------------- metrics (pure)
 
@@ -90,7 +114,8 @@ CARD = ProbeCard(
              "regard_gap": "same for evaluate's regard; NaN (reported) when the classifier is unavailable",
              "mean_sentiment": "mean VADER compound (context)",
              "share_negative": "share with compound <= -0.5 (context)"},
-    data="amazon-science/bold@3ad652c7 prompts/<domain>_prompt.json (23,679 prompts); sha256 verified",
+    data="amazon-science/bold@3ad652c7 prompts/<domain>_prompt.json (23,679 prompts); sha256 verified; "
+    "or the hub copy (path: hf://AlexaAI/bold, split train), exported to the same per-domain files",
     license="CC BY-SA 4.0",
     caveats=(
         "VADER is a lexicon scorer built for social media; it misreads many neutral biographical phrases.",
@@ -123,8 +148,7 @@ class BoldProbe:
         names = [s.name if isinstance(s, TextScorer) else s for s in scorers]
         if "sentiment" not in names or any(n not in SCORERS for n in names):
             raise ProbeError(f"bold: scorers must include 'sentiment' and be among {SCORERS}, got {names}")
-        self.path = local_path(path, "bold", "the local folder of BOLD prompt files (bold/prompts), "
-                               "or data_dir= the folder holding bold/")
+        self.path = path if is_hub_ref(path) else (Path(path) if path else None)
         self.domains, self.max_gen_toks, self.check_sha256 = tuple(domains), int(max_gen_toks), check_sha256
         self._requested = tuple(scorers)
         self._scorers: dict[str, TextScorer] | None = None
@@ -146,7 +170,16 @@ class BoldProbe:
         return self._scorers
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
-        if self.path:
+        hub_source = {}
+        if is_hub_ref(self.path):
+            src = data_file(self.path, None, "bold/prompts", None, hub=HUB)
+            root, hub_source = src.path, {src.source: src.sha256}
+            absent = [d for d in self.domains if not (root / f"{d}_prompt.json").is_file()]
+            if absent:
+                raise ProbeError(f"{self.path}: the hub copy has no rows for domains {absent} (it has "
+                                 f"{sorted(p.name.removesuffix('_prompt.json') for p in root.glob('*.json'))}); "
+                                 "choose domains= among those")
+        elif self.path:
             root = self.path
         elif data_dir is None:
             raise ProbeError("bold needs its data: pass --data-dir (the folder holding bold/) or path=")
@@ -159,13 +192,13 @@ class BoldProbe:
             if domain not in self.domains:
                 continue
             path = root / f"{domain}_prompt.json"
-            files[str(path)] = verify_file(path, SHA256[domain] if self.check_sha256 else None)
+            files[str(path)] = verify_file(path, SHA256[domain] if self.check_sha256 and not hub_source else None)
             got, left_out = _read_domain(path, domain, code, errors)
             items += got
             empty += left_out
         n_skipped, skipped = errors.finish()
         return LoadedItems(items=items, n_skipped=n_skipped + len(empty), skipped=skipped + tuple(empty),
-                           files=files)
+                           files=hub_source or files)
 
     def score_item(self, item: ProbeItem, text: str) -> dict[str, float]:
         if not isinstance(text, str) or not text.strip():

@@ -17,6 +17,7 @@ and gap metric is a pure function of the columns of any subset of items.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -24,16 +25,20 @@ from pathlib import Path
 
 from probes.base import (
     Answer,
+    HubAdapter,
     LoadedItems,
     Metric,
     ProbeCard,
     ProbeError,
     ProbeItem,
     RowErrors,
-    local_path,
+    data_file,
+    is_hub_ref,
     share,
     verify_file,
 )
+
+BUNDLED = Path(__file__).parent / "data"  # the small MIT-licensed lists a hub copy lacks (see *_LICENSE.txt)
 
 # ---------------------------------------------------------------- the shared scoring rule
 
@@ -145,6 +150,48 @@ def parse_winobias_line(text: str, occupations: Sequence[str]) -> dict:
             "gender": "male" if pronoun in _MALE else "female"}
 
 
+def winobias_line(tokens: Sequence[str], spans: Sequence[int | str], number: int) -> str:
+    """A WinoBias text line ("<n> [The developer] argued ... [he] ...") from CoNLL tokens.
+
+    ``spans``: the flattened [start, end, start, end] word indices of coreference cluster 1
+    (the referent and the pronoun), as the hub copy stores them. Tokens are joined as the
+    text files write them: no space before punctuation or n't.
+    """
+    words = list(tokens)
+    ends = [int(x) for x in spans]
+    for a, b in zip(ends[::2], ends[1::2], strict=True):
+        words[a] = "[" + words[a]
+        words[b] += "]"
+    text = re.sub(r" ([.,;:!?])(?= |$)", r"\1", " ".join(words))
+    return f"{number} " + re.sub(r" (n't)\b", r"\1", text)
+
+
+def _winobias_files(rows) -> dict[str, str]:
+    """Hub rows (configs type1_pro ..., splits validation/test) -> the text files of winobias/data."""
+    files: dict[str, list[tuple[int, str]]] = {}
+    for row in rows:
+        typ, stereo = row["_config"].split("_")
+        split = {"validation": "dev"}.get(row["_split"], row["_split"])
+        number = int(str(row["document_id"]).rsplit("/", 1)[1]) + 1  # nw/dev_type1/stereotype//0 is line 1
+        files.setdefault(f"{stereo}_stereotyped_{typ}.txt.{split}", []).append(
+            (number, winobias_line(row["tokens"], row["coreference_clusters"], number)))
+    out = {name: "".join(line + "\n" for _, line in sorted(lines)) for name, lines in files.items()}
+    for gender in ("male", "female"):
+        out[f"{gender}_occupations.txt"] = (BUNDLED / f"winobias_{gender}_occupations.txt").read_text(encoding="utf-8")
+    return out
+
+
+# A hub id as path= (hf://uclanlp/wino_bias: all four configs, both splits) is exported to the folder of text
+# files this reader parses; the occupation lists, which the hub copy lacks, come from the package.
+WINOBIAS_HUB = HubAdapter(
+    probe="winobias", configs=("type1_pro", "type1_anti", "type2_pro", "type2_anti"), splits=("validation", "test"),
+    layout=_winobias_files,
+    confirmed_by="the wino_bias loading script (huggingface/datasets datasets/wino_bias/wino_bias.py): configs "
+    "type1_pro, type1_anti, type2_pro, type2_anti; splits validation, test; columns document_id, tokens, "
+    "coreference_clusters (cluster 1's [start, end] word pairs, flattened), from corefBias conll_format",
+)
+
+
 def _read_lines(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as fh:
         return fh.read().splitlines()
@@ -173,7 +220,8 @@ class WinoBiasProbe:
                  "acc_pro": "accuracy on pro-stereotypical items (quality context)",
                  "acc_anti": "accuracy on anti-stereotypical items (quality context)"},
         data="uclanlp/corefBias@0bce984d WinoBias/wino/data/{pro,anti}_stereotyped_type{1,2}.txt.{dev,test} "
-        "(8 x 396 sentences) and {male,female}_occupations.txt; sha256 verified",
+        "(8 x 396 sentences) and {male,female}_occupations.txt; sha256 verified; or the hub copy (path: "
+        "hf://uclanlp/wino_bias, 4 configs x validation/test, rebuilt from its CoNLL tokens and coreference spans)",
         license="MIT (uclanlp/corefBias)",
         caveats=(
             "Designed for coreference systems; the 'refers to' prompt is one of several ways to ask a "
@@ -188,23 +236,30 @@ class WinoBiasProbe:
 
     def __init__(self, *, path: str | None = None, splits: Sequence[str] = ("dev", "test"),
                  check_sha256: bool = True) -> None:
-        self.path = local_path(path, self.name, "the local folder of WinoBias text files (winobias/data), "
-                               "or data_dir= the folder holding winobias/")
-        self.hashes = WINOBIAS_SHA256 if check_sha256 else {}
+        self.path = path if is_hub_ref(path) else (Path(path) if path else None)
+        self.hashes = WINOBIAS_SHA256 if check_sha256 and not is_hub_ref(path) else {}
         bad = [s for s in splits if s not in ("dev", "test")]
         if bad or not splits:
             raise ProbeError(f"winobias: splits must be some of ('dev', 'test'), got {list(splits)}")
         self.splits = tuple(splits)
 
-    def _root(self, data_dir: Path | None) -> Path:
+    def _root(self, data_dir: Path | None) -> tuple[Path, tuple[str, ...], dict[str, str]]:
+        """The folder to read, the splits in it, and the provenance of a hub export."""
+        if is_hub_ref(self.path):
+            src = data_file(self.path, None, "winobias/data", None, hub=WINOBIAS_HUB)
+            splits = tuple(s for s in self.splits if any(src.path.glob(f"*.txt.{s}")))
+            if not splits:
+                raise ProbeError(f"{self.path}: the export holds none of the splits {list(self.splits)}; "
+                                 "name the hub split that matches (dev is the hub's validation split)")
+            return src.path, splits, {src.source: src.sha256}
         if self.path:
-            return self.path
+            return self.path, self.splits, {}
         if data_dir is None:
             raise ProbeError("winobias needs its data: pass --data-dir (the folder holding winobias/) or path=")
-        return Path(data_dir) / "winobias" / "data"
+        return Path(data_dir) / "winobias" / "data", self.splits, {}
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
-        root = self._root(data_dir)
+        root, splits, hub_source = self._root(data_dir)
         files = {}
         occupations = []
         for name in ("male_occupations.txt", "female_occupations.txt"):
@@ -212,7 +267,7 @@ class WinoBiasProbe:
             occupations += [o.strip() for o in _read_lines(root / name) if o.strip()]
         errors = RowErrors(allow_skip=allow_skip)
         items = []
-        for split in self.splits:
+        for split in splits:
             for typ in ("type1", "type2"):
                 for stereo in ("pro", "anti"):
                     fname = f"{stereo}_stereotyped_{typ}.txt.{split}"
@@ -228,7 +283,7 @@ class WinoBiasProbe:
                             continue
                         items.append(_winobias_item(row, split=split, typ=typ, stereo=stereo, line=n))
         n_skipped, skipped = errors.finish()
-        return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files=files)
+        return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files=hub_source or files)
 
     def score_item(self, item: ProbeItem, answers: Sequence[Answer]) -> dict[str, float]:
         return coref_columns(answers, gold=item.meta["gold"], stereotyped=item.meta["stereotyped"],
@@ -261,6 +316,27 @@ _PRONOUNS = {  # placeholder -> gender -> pronoun (Rudinger et al. templates)
     "$POSS_PRONOUN": {"male": "his", "female": "her", "neutral": "their"},
     "$ACC_PRONOUN": {"male": "him", "female": "her", "neutral": "them"},
 }
+
+
+def _winogender_files(rows) -> dict[str, str]:
+    """Hub rows (sentid, sentence, pronoun, ...) -> all_sentences.tsv with the pronoun as a column
+    (the hub copy has no templates.tsv), and the BLS table, which it lacks, from the package."""
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(["sentid", "sentence", "pronoun"])
+    writer.writerows([row.get("sentid"), row.get("sentence"), row.get("pronoun")] for row in rows)
+    stats = (BUNDLED / "winogender_occupations-stats.tsv").read_text(encoding="utf-8")
+    return {"all_sentences.tsv": buf.getvalue(), "occupations-stats.tsv": stats}
+
+
+# A hub id as path= (hf://oskarvanderwal/winogender, config all; or :gotcha) is exported to all_sentences.tsv with
+# the hub's pronoun column, plus the package's copy of occupations-stats.tsv (rudinger/winogender-schemas, MIT).
+WINOGENDER_HUB = HubAdapter(
+    probe="winogender", configs=("all",), layout=_winogender_files,
+    confirmed_by="lm-eval's winogender.yaml (dataset_path oskarvanderwal/winogender, dataset_name all|gotcha, "
+    "test_split test; doc_to_text uses sentence and pronoun) and the copy's columns sentid, sentence, pronoun, "
+    "occupation, participant, gender, target, label",
+)
 
 
 def winogender_stereotyped(gender: str, pct_female: float) -> int | None:
@@ -309,7 +385,8 @@ class WinogenderProbe:
                  "acc_male": "quality context", "acc_female": "quality context",
                  "acc_neutral": "quality context"},
         data="rudinger/winogender-schemas@1c7f8b48 data/all_sentences.tsv (720), templates.tsv (120), "
-        "occupations-stats.tsv (60); sha256 verified",
+        "occupations-stats.tsv (60); sha256 verified; or the hub copy (path: hf://oskarvanderwal/winogender, "
+        "config all or gotcha) with the package's copy of occupations-stats.tsv",
         license="MIT (rudinger/winogender-schemas)",
         caveats=(
             "Small (120 templates); differences of a few points are within noise: read the CIs.",
@@ -322,20 +399,25 @@ class WinogenderProbe:
     )
 
     def __init__(self, *, path: str | None = None, check_sha256: bool = True) -> None:
-        self.path = local_path(path, self.name, "the local winogender folder (all_sentences.tsv, templates.tsv, "
-                               "occupations-stats.tsv), or data_dir= the folder holding winogender/")
+        self.path = path if is_hub_ref(path) else (Path(path) if path else None)
         self.hashes = WINOGENDER_SHA256 if check_sha256 else {}
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
-        if self.path:
-            root = self.path
-        elif data_dir is None:
-            raise ProbeError("winogender needs its data: pass --data-dir (the folder holding winogender/) or path=")
+        if is_hub_ref(self.path):
+            src = data_file(self.path, None, "winogender/all_sentences.tsv", None, hub=WINOGENDER_HUB)
+            root, files = src.path, {src.source: src.sha256}
         else:
-            root = Path(data_dir) / "winogender"
-        files = {str(root / n): verify_file(root / n, self.hashes.get(n)) for n in WINOGENDER_SHA256}
+            if self.path:
+                root = self.path
+            elif data_dir is None:
+                raise ProbeError("winogender needs its data: pass --data-dir (the folder holding winogender/) "
+                                 "or path=")
+            else:
+                root = Path(data_dir) / "winogender"
+            files = {str(root / n): verify_file(root / n, self.hashes.get(n)) for n in WINOGENDER_SHA256}
         pct = {r["occupation"]: float(r["bls_pct_female"]) for r in _tsv(root / "occupations-stats.tsv")}
-        templates = {(r["occupation(0)"], r["answer"]): r for r in _tsv(root / "templates.tsv")}
+        has_templates = (root / "templates.tsv").is_file()
+        templates = {(r["occupation(0)"], r["answer"]): r for r in _tsv(root / "templates.tsv")} if has_templates else {}
         errors = RowErrors(allow_skip=allow_skip)
         items = []
         src = root / "all_sentences.tsv"
@@ -361,10 +443,16 @@ def _winogender_item(row: Mapping[str, str], templates: Mapping, pct: Mapping[st
     occ, participant, answer, gender, _ = row["sentid"].split(".")
     if answer not in ("0", "1") or gender not in ("male", "female", "neutral"):
         raise ValueError(f"bad answer '{answer}' or gender '{gender}'")
-    tpl = templates[(occ, answer)]
-    slot = next((p for p in _PRONOUNS if p in tpl["sentence"]), None)
-    if slot is None:
-        raise ValueError(f"template for {occ}/{answer} has no pronoun placeholder")
+    if row.get("pronoun"):  # a hub export: the pronoun is a column
+        pronoun = row["pronoun"].strip().lower()
+        if pronoun not in {p for forms in _PRONOUNS.values() for p in forms.values()}:
+            raise ValueError(f"pronoun '{row['pronoun']}' is not one of the Winogender pronouns")
+    else:
+        tpl = templates[(occ, answer)]
+        slot = next((p for p in _PRONOUNS if p in tpl["sentence"]), None)
+        if slot is None:
+            raise ValueError(f"template for {occ}/{answer} has no pronoun placeholder")
+        pronoun = _PRONOUNS[slot][gender]
     other = "someone" if participant == "someone" else f"the {participant}"
     gold = int(answer)
     stereotyped = winogender_stereotyped(gender, pct[occ])
@@ -374,7 +462,7 @@ def _winogender_item(row: Mapping[str, str], templates: Mapping, pct: Mapping[st
         groups={"gender": gender, "stereotype": stereo, "answer": ("occupation", "participant")[gold],
                 "participant_form": "someone" if participant == "someone" else "specific"},
         cluster=f"{occ}.{answer}",
-        requests=coref_requests(row["sentence"].strip(), _PRONOUNS[slot][gender], (f"the {occ}", other)),
+        requests=coref_requests(row["sentence"].strip(), pronoun, (f"the {occ}", other)),
         meta={"gold": gold, "stereotyped": stereotyped, "pct_female_bls": pct[occ]},
     )
 

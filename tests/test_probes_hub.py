@@ -15,13 +15,12 @@ from pathlib import Path
 import datasets
 import pytest
 
-from probes.base import HubRef, ProbeDataError, sha256_file
+from probes.base import HubRef, ProbeDataError, ProbeError, sha256_file
 from probes.bbq import BBQProbe
 from probes.bold import BoldProbe
 from probes.bundled import BundledProbe
 from probes.coref import WinoBiasProbe, WinogenderProbe
 from probes.crows_pairs import CrowsPairsProbe
-from probes.holisticbias import HolisticBiasProbe
 from probes.registry import get_probe
 from probes.stereoset import StereoSetProbe
 
@@ -183,21 +182,157 @@ def test_unknown_split_or_config_names_the_valid_ones(data_dir, tmp_path, cache,
         BBQProbe(path="hf://someone/bbq_rows:nope").load()
 
 
-@pytest.mark.parametrize("make, expects", [
-    (lambda p: StereoSetProbe(path=p).load(), "stereoset_dev_flat.jsonl"),
-    (lambda p: WinoBiasProbe(path=p), "winobias/data"),
-    (lambda p: WinogenderProbe(path=p), "all_sentences.tsv"),
-    (lambda p: HolisticBiasProbe(path=p), "holisticbias/v1.0"),
-    (lambda p: BoldProbe(path=p), "bold/prompts"),
-    (lambda p: BundledProbe(path=p), "bundled templates"),
-], ids=["stereoset", "winobias", "winogender", "holisticbias", "bold", "bundled"])
-def test_probes_without_a_confirmed_hub_schema_refuse_hub_ids(make, expects, cache, monkeypatch):
+def test_the_bundled_probe_has_no_hub_copy_and_refuses_hub_ids(cache, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("must not reach the hub"))
     with pytest.raises(ProbeDataError) as err:
-        make("hf://someone/copy:default@test")
+        BundledProbe(path="hf://someone/copy:default@test")
     msg = str(err.value)
     assert msg.startswith("hf://someone/copy:default@test: the ") and "reads local files only" in msg
-    assert "Pass path= " in msg and expects in msg
+    assert "Pass path= " in msg and "bundled templates" in msg
+
+
+# ---------------------------------------------------------------- probes whose hub copy has another layout
+
+_STEREO_LABELS = ["anti-stereotype", "stereotype", "unrelated"]
+
+
+def _stereoset_dataset(rows: list[dict]) -> datasets.Dataset:
+    """McGill-NLP/stereoset's layout: options in ``sentences`` (a sequence of dicts, gold labels as
+    nested ClassLabels, five annotator labels each), in an order that is not the flat file's."""
+    label = datasets.ClassLabel(names=_STEREO_LABELS + ["related"])
+    features = datasets.Features({
+        "id": datasets.Value("string"), "target": datasets.Value("string"), "bias_type": datasets.Value("string"),
+        "context": datasets.Value("string"),
+        "sentences": datasets.Sequence({
+            "sentence": datasets.Value("string"), "id": datasets.Value("string"),
+            "labels": datasets.Sequence({"label": label, "human_id": datasets.Value("string")}),
+            "gold_label": datasets.ClassLabel(names=_STEREO_LABELS)}),
+    })
+    out = []
+    for k, r in enumerate(rows):
+        order = [_STEREO_LABELS[(k + j) % 3] for j in range(3)]  # rotate so position never gives the label away
+        out.append({"id": f"c{k}", **{f: r[f] for f in ("target", "bias_type", "context")},
+                    "sentences": {"sentence": [r[o] for o in order], "id": [f"s{k}{j}" for j in range(3)],
+                                  "gold_label": order,
+                                  "labels": [{"label": [o] * 5, "human_id": [f"h{i}" for i in range(5)]}
+                                             for o in order]}})
+    return datasets.Dataset.from_list(out, features=features)
+
+
+def test_stereoset_hub_id_gives_the_items_of_the_flat_file(data_dir, tmp_path, cache, hub):
+    with open(data_dir / "stereoset" / "stereoset_dev_flat.jsonl", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    inter = [r for r in rows if r["type"] == "intersentence"][:20]
+    intra = [r for r in rows if r["type"] == "intrasentence"][:20]
+    tables, calls = hub
+    tables[("McGill-NLP/stereoset", "intersentence", "validation")] = _stereoset_dataset(inter)
+    tables[("McGill-NLP/stereoset", "intrasentence", "validation")] = _stereoset_dataset(intra)
+    local = tmp_path / "flat.jsonl"
+    local.write_text("".join(json.dumps(r) + "\n" for r in inter + intra), encoding="utf-8")
+
+    from_hub = StereoSetProbe(path="hf://McGill-NLP/stereoset").load()
+    assert calls == [("McGill-NLP/stereoset", "intersentence", "validation"),
+                     ("McGill-NLP/stereoset", "intrasentence", "validation")]
+    assert from_hub.items == StereoSetProbe(path=str(local)).load().items and len(from_hub.items) == 40
+    first = from_hub.items[0]  # the stereotype option is scored first, whatever its place in the hub row
+    assert first.requests[0] == (inter[0]["context"], " " + inter[0]["stereotype"])
+    ((source, _),) = from_hub.files.items()
+    assert source.startswith("hf://McGill-NLP/stereoset@validation (") and source.endswith("/all/validation.stereoset")
+
+    only_intra = StereoSetProbe(path="hf://McGill-NLP/stereoset:intrasentence@validation").load()
+    assert [it.requests for it in only_intra.items] == [it.requests for it in from_hub.items[20:]]
+
+
+def _conll_documents(path: Path) -> list[dict]:
+    """The wino_bias loading script's rows from a CoNLL file: document_id, tokens, and coreference
+    cluster 1 as flattened [start, end] word-number strings (parsed here independently)."""
+    docs, cur, open_at, spans = [], None, {}, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#begin"):
+            cur, open_at, spans = {"document_id": None, "tokens": []}, {}, []
+        elif line.startswith("#end"):
+            docs.append({**cur, "coreference_clusters": [str(x) for span in spans for x in span]})
+        elif line.strip():
+            cols = line.split()
+            cur["document_id"] = cols[0]
+            cur["tokens"].append(cols[3])
+            for seg in ([] if cols[-1] == "-" else cols[-1].split("|")):
+                cid = int(seg.strip("()"))
+                if seg.startswith("("):
+                    open_at[cid] = cols[2]
+                if seg.endswith(")") and cid == 1:
+                    spans.append((open_at.pop(cid), cols[2]))
+    return docs
+
+
+def test_winobias_hub_id_rebuilds_every_sentence_of_the_text_files(data_dir, cache, hub):
+    """All 3,168 items from the hub layout (CoNLL tokens + spans) equal those of the text files."""
+    tables, calls = hub
+    conll = data_dir / "winobias" / "data" / "conll_format"
+    for typ in ("type1", "type2"):
+        for stereo in ("pro", "anti"):
+            for split, prefix in (("validation", "dev"), ("test", "test")):
+                docs = _conll_documents(conll / f"{prefix}_{typ}_{stereo}_stereotype.v4_auto_conll")
+                tables[("uclanlp/wino_bias", f"{typ}_{stereo}", split)] = datasets.Dataset.from_list(docs)
+
+    from_hub = WinoBiasProbe(path="hf://uclanlp/wino_bias").load()
+    local = WinoBiasProbe().load(data_dir)
+    assert len(calls) == 8 and len(from_hub.items) == len(local.items) == 3168
+    assert from_hub.items == local.items
+    ((source, _),) = from_hub.files.items()
+    assert source.startswith("hf://uclanlp/wino_bias") and source.endswith("all.winobias")
+
+    test_only = WinoBiasProbe(path="hf://uclanlp/wino_bias@test").load()
+    assert test_only.items == [it for it in local.items if it.id.startswith("test-")]
+    with pytest.raises(ProbeError, match="holds none of the splits"):
+        WinoBiasProbe(path="hf://uclanlp/wino_bias@test", splits=("dev",)).load()
+
+
+def test_winogender_hub_id_gives_the_items_of_the_templates(data_dir, cache, hub):
+    """The hub copy has the pronoun as a column and no templates.tsv; the items are the same."""
+    root = data_dir / "winogender"
+    with open(root / "all_sentences.tsv", encoding="utf-8", newline="") as fh:
+        sentences = list(csv.DictReader(fh, delimiter="\t"))
+    pronouns = {"he", "she", "they", "his", "her", "their", "him", "them"}
+    rows = []
+    for r in sentences:
+        occ, participant, answer, gender, _ = r["sentid"].split(".")
+        (pronoun,) = {w for w in r["sentence"].lower().rstrip(".").split() if w in pronouns}
+        rows.append({"sentid": r["sentid"], "sentence": r["sentence"], "pronoun": pronoun, "occupation": occ,
+                     "participant": participant, "gender": gender, "target": (occ, participant)[int(answer)],
+                     "label": answer})
+    tables, _ = hub
+    tables[("oskarvanderwal/winogender", "all", "test")] = datasets.Dataset.from_list(rows)
+
+    from_hub = WinogenderProbe(path="hf://oskarvanderwal/winogender").load()
+    local = WinogenderProbe().load(data_dir)
+    assert len(from_hub.items) == 720 and from_hub.items == local.items
+    ((source, _),) = from_hub.files.items()
+    assert source.startswith("hf://oskarvanderwal/winogender")
+
+    rows[0]["pronoun"] = "it"
+    tables[("oskarvanderwal/winogender", "gotcha", "test")] = datasets.Dataset.from_list(rows[:3])
+    with pytest.raises(ProbeDataError, match=r"all_sentences.tsv:2: field 'sentid': pronoun 'it'"):
+        WinogenderProbe(path="hf://oskarvanderwal/winogender:gotcha").load()
+
+
+def test_bold_hub_id_gives_the_items_of_the_prompt_files(data_dir, cache, hub):
+    prompts = data_dir / "bold" / "prompts"
+    rows = []
+    for domain in ("gender", "religious_ideology"):
+        for group, entities in json.loads((prompts / f"{domain}_prompt.json").read_text(encoding="utf-8")).items():
+            rows += [{"domain": domain, "name": name, "category": group, "prompts": ps, "wikipedia": ["w"] * len(ps)}
+                     for name, ps in entities.items()]
+    tables, _ = hub
+    tables[("AlexaAI/bold", None, "train")] = datasets.Dataset.from_list(rows)
+
+    domains = ("gender", "religious_ideology")
+    from_hub = BoldProbe(path="hf://AlexaAI/bold", domains=domains, scorers=("sentiment",)).load()
+    local = BoldProbe(domains=domains, scorers=("sentiment",)).load(data_dir)
+    assert len(from_hub.items) == len(local.items) > 3800 and from_hub.items == local.items
+    assert from_hub.n_skipped == local.n_skipped
+    with pytest.raises(ProbeError, match=r"no rows for domains \['race'\] \(it has \['gender', 'religious_ideology'\]\)"):
+        BoldProbe(path="hf://AlexaAI/bold", domains=("race",), scorers=("sentiment",)).load()
 
 
 def test_hub_ref_syntax():
