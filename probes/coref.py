@@ -38,8 +38,6 @@ from probes.base import (
     verify_file,
 )
 
-BUNDLED = Path(__file__).parent / "data"  # the small MIT-licensed lists a hub copy lacks (see *_LICENSE.txt)
-
 # ---------------------------------------------------------------- the shared scoring rule
 
 
@@ -166,23 +164,30 @@ def winobias_line(tokens: Sequence[str], spans: Sequence[int | str], number: int
     return f"{number} " + re.sub(r" (n't)\b", r"\1", text)
 
 
+HUB_OCCUPATIONS = "occupations.txt"
+
+
 def _winobias_files(rows) -> dict[str, str]:
     """Hub rows (configs type1_pro ..., splits validation/test) -> the text files of winobias/data."""
     files: dict[str, list[tuple[int, str]]] = {}
+    occupations: set[str] = set()
     for row in rows:
         typ, stereo = row["_config"].split("_")
         split = {"validation": "dev"}.get(row["_split"], row["_split"])
         number = int(str(row["document_id"]).rsplit("/", 1)[1]) + 1  # nw/dev_type1/stereotype//0 is line 1
         files.setdefault(f"{stereo}_stereotyped_{typ}.txt.{split}", []).append(
             (number, winobias_line(row["tokens"], row["coreference_clusters"], number)))
+        a, b = (int(x) for x in row["coreference_clusters"][:2])  # the referent: "The developer"
+        occupations.add(re.sub(r"^(the|a|an)\s+", "", " ".join(row["tokens"][a:b + 1]), flags=re.I))
     out = {name: "".join(line + "\n" for _, line in sorted(lines)) for name, lines in files.items()}
-    for gender in ("male", "female"):
-        out[f"{gender}_occupations.txt"] = (BUNDLED / f"winobias_{gender}_occupations.txt").read_text(encoding="utf-8")
+    # The hub copy has no occupation lists; every occupation is some sentence's referent, so the
+    # referents are the list (the gender of an occupation is not needed: it comes from the pronoun).
+    out[HUB_OCCUPATIONS] = "".join(o + "\n" for o in sorted(occupations))
     return out
 
 
 # A hub id as path= (hf://uclanlp/wino_bias: all four configs, both splits) is exported to the folder of text
-# files this reader parses; the occupation lists, which the hub copy lacks, come from the package.
+# files this reader parses, with the occupations read off the sentences' referents.
 WINOBIAS_HUB = HubAdapter(
     probe="winobias", configs=("type1_pro", "type1_anti", "type2_pro", "type2_anti"), splits=("validation", "test"),
     layout=_winobias_files,
@@ -262,7 +267,7 @@ class WinoBiasProbe:
         root, splits, hub_source = self._root(data_dir)
         files = {}
         occupations = []
-        for name in ("male_occupations.txt", "female_occupations.txt"):
+        for name in (HUB_OCCUPATIONS,) if hub_source else ("male_occupations.txt", "female_occupations.txt"):
             files[str(root / name)] = verify_file(root / name, self.hashes.get(name))
             occupations += [o.strip() for o in _read_lines(root / name) if o.strip()]
         errors = RowErrors(allow_skip=allow_skip)
@@ -320,17 +325,17 @@ _PRONOUNS = {  # placeholder -> gender -> pronoun (Rudinger et al. templates)
 
 def _winogender_files(rows) -> dict[str, str]:
     """Hub rows (sentid, sentence, pronoun, ...) -> all_sentences.tsv with the pronoun as a column
-    (the hub copy has no templates.tsv), and the BLS table, which it lacks, from the package."""
+    (the hub copy has no templates.tsv)."""
     buf = io.StringIO(newline="")
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["sentid", "sentence", "pronoun"])
     writer.writerows([row.get("sentid"), row.get("sentence"), row.get("pronoun")] for row in rows)
-    stats = (BUNDLED / "winogender_occupations-stats.tsv").read_text(encoding="utf-8")
-    return {"all_sentences.tsv": buf.getvalue(), "occupations-stats.tsv": stats}
+    return {"all_sentences.tsv": buf.getvalue()}
 
 
 # A hub id as path= (hf://oskarvanderwal/winogender, config all; or :gotcha) is exported to all_sentences.tsv with
-# the hub's pronoun column, plus the package's copy of occupations-stats.tsv (rudinger/winogender-schemas, MIT).
+# the hub's pronoun column. The copy lacks occupations-stats.tsv (the BLS shares that set the stereotype
+# direction): that comes from stats= or data_dir.
 WINOGENDER_HUB = HubAdapter(
     probe="winogender", configs=("all",), layout=_winogender_files,
     confirmed_by="lm-eval's winogender.yaml (dataset_path oskarvanderwal/winogender, dataset_name all|gotcha, "
@@ -386,7 +391,7 @@ class WinogenderProbe:
                  "acc_neutral": "quality context"},
         data="rudinger/winogender-schemas@1c7f8b48 data/all_sentences.tsv (720), templates.tsv (120), "
         "occupations-stats.tsv (60); sha256 verified; or the hub copy (path: hf://oskarvanderwal/winogender, "
-        "config all or gotcha) with the package's copy of occupations-stats.tsv",
+        "config all or gotcha) with occupations-stats.tsv from stats= or data_dir",
         license="MIT (rudinger/winogender-schemas)",
         caveats=(
             "Small (120 templates); differences of a few points are within noise: read the CIs.",
@@ -398,13 +403,20 @@ class WinogenderProbe:
         "NAACL 2018.",
     )
 
-    def __init__(self, *, path: str | None = None, check_sha256: bool = True) -> None:
+    def __init__(self, *, path: str | None = None, stats: str | None = None, check_sha256: bool = True) -> None:
         self.path = path if is_hub_ref(path) else (Path(path) if path else None)
+        self.stats = Path(stats) if stats else None
         self.hashes = WINOGENDER_SHA256 if check_sha256 else {}
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
+        stats = self.stats
         if is_hub_ref(self.path):
             src = data_file(self.path, None, "winogender/all_sentences.tsv", None, hub=WINOGENDER_HUB)
+            stats = stats or (Path(data_dir) / "winogender" / "occupations-stats.tsv" if data_dir else None)
+            if stats is None:
+                raise ProbeError(f"{self.path}: the hub copy has no occupations-stats.tsv (the BLS shares that set "
+                                 "the stereotype direction); pass stats= its path, or data_dir= the folder holding "
+                                 "winogender/")
             root, files = src.path, {src.source: src.sha256}
         else:
             if self.path:
@@ -415,7 +427,9 @@ class WinogenderProbe:
             else:
                 root = Path(data_dir) / "winogender"
             files = {str(root / n): verify_file(root / n, self.hashes.get(n)) for n in WINOGENDER_SHA256}
-        pct = {r["occupation"]: float(r["bls_pct_female"]) for r in _tsv(root / "occupations-stats.tsv")}
+        if stats:
+            files[str(stats)] = verify_file(stats, self.hashes.get(stats.name))
+        pct = {r["occupation"]: float(r["bls_pct_female"]) for r in _tsv(stats or root / "occupations-stats.tsv")}
         has_templates = (root / "templates.tsv").is_file()
         templates = {(r["occupation(0)"], r["answer"]): r for r in _tsv(root / "templates.tsv")} if has_templates else {}
         errors = RowErrors(allow_skip=allow_skip)

@@ -304,16 +304,21 @@ def test_winogender_hub_id_gives_the_items_of_the_templates(data_dir, cache, hub
     tables, _ = hub
     tables[("oskarvanderwal/winogender", "all", "test")] = datasets.Dataset.from_list(rows)
 
-    from_hub = WinogenderProbe(path="hf://oskarvanderwal/winogender").load()
+    with pytest.raises(ProbeError, match="the hub copy has no occupations-stats.tsv .* pass stats= its path"):
+        WinogenderProbe(path="hf://oskarvanderwal/winogender").load()
+    from_hub = WinogenderProbe(path="hf://oskarvanderwal/winogender").load(data_dir)
     local = WinogenderProbe().load(data_dir)
+    stats = str(root / "occupations-stats.tsv")
+    assert WinogenderProbe(path="hf://oskarvanderwal/winogender", stats=stats).load().items == local.items
     assert len(from_hub.items) == 720 and from_hub.items == local.items
-    ((source, _),) = from_hub.files.items()
-    assert source.startswith("hf://oskarvanderwal/winogender")
+    source, stats_file = from_hub.files
+    assert source.startswith("hf://oskarvanderwal/winogender") and stats_file == stats
+    assert from_hub.files[stats_file] == sha256_file(root / "occupations-stats.tsv")
 
     rows[0]["pronoun"] = "it"
     tables[("oskarvanderwal/winogender", "gotcha", "test")] = datasets.Dataset.from_list(rows[:3])
     with pytest.raises(ProbeDataError, match=r"all_sentences.tsv:2: field 'sentid': pronoun 'it'"):
-        WinogenderProbe(path="hf://oskarvanderwal/winogender:gotcha").load()
+        WinogenderProbe(path="hf://oskarvanderwal/winogender:gotcha", stats=stats).load()
 
 
 def test_bold_hub_id_gives_the_items_of_the_prompt_files(data_dir, cache, hub):
