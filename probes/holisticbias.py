@@ -2,8 +2,10 @@
 
 Sentences are built from the dataset's building blocks (descriptors x nouns x sentence
 templates, as the upstream ``generate_sentences.py`` does: ``{article} {descriptor} {noun}``),
-on a seeded subset of descriptors per axis so the probe stays small. Each sentence is one
-item scored by its log-likelihood (empty context: lm-eval conditions on the BOS/EOT token).
+or read from the hub copy of the sentences it generates (``hf://fairnlp/holistic-bias:sentences@test``,
+its ``descriptor_noun`` rows). Both become the same rows, from which one function keeps a seeded
+subset of descriptors per axis so the probe stays small. Each sentence is one item scored by
+its log-likelihood (empty context: lm-eval conditions on the BOS/EOT token).
 
 The metric follows Smith et al. (2022): for every pair of descriptors within an axis, a
 Mann-Whitney U test compares their distributions of per-token log-likelihood across
@@ -19,9 +21,10 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scipy.special import ndtr
@@ -29,12 +32,18 @@ from scipy.special import ndtr
 from probes.base import (
     Answer,
     Columns,
+    HubAdapter,
+    HubRef,
     LoadedItems,
     Metric,
     ProbeCard,
+    ProbeDataError,
     ProbeError,
     ProbeItem,
     RowErrors,
+    data_file,
+    is_hub_ref,
+    jsonl_rows,
     local_path,
     verify_file,
 )
@@ -48,6 +57,19 @@ SHA256 = {
              "sentence_templates.json": "8b1cf8fc3c9a10b12cf77902e8c2ff3d80e3fcfff2f177a00256925acb4f53a5"},
 }
 CORRECTIONS = ("holm", "fdr_bh", "bonferroni")
+NONE = "(none)"  # upstream's string for a missing value (holistic_bias/src/util.py NONE_STRING)
+# The columns of one sentence row that items are built from, local or hub.
+ROW_FIELDS = ("text", "axis", "bucket", "descriptor", "descriptor_gender", "noun", "noun_gender", "template")
+# A hub id as path= (hf://fairnlp/holistic-bias:sentences@test) is exported to JSONL with the columns of
+# upstream's sentences.csv, one row per sentence; only its descriptor_noun rows ("a Deaf person") are read.
+# Its noun_phrases config holds no sentences, so the id must name the sentences config.
+HUB = HubAdapter(
+    probe="holisticbias", fmt="jsonl", split="test",
+    confirmed_by="facebookresearch/ResponsibleNLP holistic_bias/src/sentences.py (HolisticBiasSentenceGenerator "
+    "writes sentences.csv, the hub copy's 'sentences' config, split test: text, axis, bucket, descriptor, "
+    "descriptor_gender, descriptor_preference, noun, plural_noun, noun_gender, noun_phrase, plural_noun_phrase, "
+    "noun_phrase_type, template, first_turn_only, must_be_noun; '(none)' for a missing value, util.py NONE_STRING)",
+)
 
 
 # ---------------------------------------------------------------- the metric (pure)
@@ -163,31 +185,124 @@ def read_descriptors(path: Path, errors: RowErrors) -> dict[str, list[dict]]:
     return out
 
 
-def build_items(descriptors: Mapping[str, list[dict]], templates: Sequence[str],
-                nouns: Sequence[tuple[str, str, str]], *, per_axis: int | None, seed: int) -> list[ProbeItem]:
-    """Items for a seeded subset of descriptors per axis x every template x every noun.
+def local_rows(descriptors: Mapping[str, list[dict]], templates: Sequence[str],
+               nouns: Sequence[tuple[str, str, str]]) -> Iterator[dict[str, str]]:
+    """The building blocks as the rows of upstream's sentences.csv (``ROW_FIELDS``), in file order.
 
-    ``nouns``: (singular, plural, gender). A descriptor restricted to one gender (e.g. Latina)
-    is used only when every noun has that gender, as upstream pairs them.
+    ``nouns``: (singular, plural, gender). Every descriptor gets rows, gender-restricted ones too,
+    so that ``build_items`` codes descriptors as it does for the hub's rows and applies one gender rule.
     """
-    genders = {g for _, _, g in nouns}
+    for axis, entries in descriptors.items():
+        for e in entries:
+            for tpl in templates:
+                for sing, plural, gender in nouns:
+                    text = tpl.format(noun_phrase=f"{article_for(e)} {e['descriptor']} {sing}",
+                                      plural_noun_phrase=f"{e['descriptor']} {plural}")
+                    yield {"text": text, "axis": axis, "bucket": e["bucket"], "descriptor": e["descriptor"],
+                           "descriptor_gender": e.get("gender") or NONE, "noun": sing, "noun_gender": gender,
+                           "template": tpl}
+
+
+def hub_rows(path: Path, errors: RowErrors) -> Iterator[dict[str, str]]:
+    """The ``descriptor_noun`` rows of an exported sentences.csv, as ``ROW_FIELDS``; bad rows to ``errors``.
+
+    Rows of other noun phrase types (a noun alone, a descriptor alone, standalone phrases) and of
+    axis "null" (read as None from the CSV) are not descriptor x noun sentences and are dropped.
+    """
+    for n, row in jsonl_rows(path, errors):
+        if not isinstance(row, dict) or "noun_phrase_type" not in row:
+            problem = "missing column" if isinstance(row, dict) else "not a JSON object"
+            errors.add(path, n, "noun_phrase_type", problem)
+            continue
+        if row["noun_phrase_type"] != "descriptor_noun" or ("axis" in row and row["axis"] in (None, "null")):
+            continue
+        problem = _row_problem(row)
+        if problem:
+            errors.add(path, n, *problem)
+            continue
+        yield {k: row[k] for k in ROW_FIELDS} | {"descriptor_gender": row["descriptor_gender"] or NONE}
+
+
+def _row_problem(row: Mapping) -> tuple[str, str] | None:
+    """(field, problem) for the first malformed field of a descriptor_noun row, or None."""
+    for f in ROW_FIELDS:
+        if f not in row:
+            return f, "missing column"
+        if f == "descriptor_gender":
+            if not isinstance(row[f], str | None):
+                return f, f"expected a gender or {NONE}, got {row[f]!r}"
+        elif not isinstance(row[f], str) or not row[f].strip() or row[f] == NONE:
+            return f, f"expected a non-empty string, got {row[f]!r}"
+    return None
+
+
+class _SentenceTable(NamedTuple):
+    """What ``build_items`` needs from the rows, in one pass; only the chosen nouns' texts are kept."""
+
+    templates: dict[str, None]  # in order of first appearance
+    descriptors: dict[str, dict[tuple[str, str], str]]  # axis -> (bucket, descriptor) -> descriptor_gender
+    genders: dict[str, str]  # noun -> noun_gender, every noun seen
+    texts: dict[tuple[str, str, str, str, str], str]  # (axis, bucket, descriptor, template, noun) -> text
+    with_text: set[tuple[str, str, str]]  # (axis, bucket, descriptor) with a row for a chosen noun
+
+    @classmethod
+    def of(cls, rows: Iterable[Mapping[str, str]], nouns: Sequence[str]) -> _SentenceTable:
+        table = cls({}, {}, {}, {}, set())
+        chosen = set(nouns)
+        for r in rows:
+            axis, bucket, desc = r["axis"], r["bucket"], r["descriptor"]
+            table.templates.setdefault(r["template"])
+            table.descriptors.setdefault(axis, {}).setdefault((bucket, desc), r["descriptor_gender"])
+            table.genders.setdefault(r["noun"], r["noun_gender"])
+            if r["noun"] in chosen:
+                table.texts.setdefault((axis, bucket, desc, r["template"], r["noun"]), r["text"])
+                table.with_text.add((axis, bucket, desc))
+        return table
+
+
+def build_items(rows: Iterable[Mapping[str, str]], nouns: Sequence[str], *, axes: Sequence[str] | None,
+                per_axis: int | None, templates_limit: int | None, seed: int, source: str) -> list[ProbeItem]:
+    """Items for a seeded subset of descriptors per axis x templates x the chosen ``nouns``, from sentence rows.
+
+    Templates are numbered, and descriptors coded within their axis, in order of first appearance in
+    ``rows``; axes are coded in sorted order. A descriptor restricted to one gender (e.g. Latina) is
+    used only when every noun has that gender (the nouns' genders come from the rows), as upstream
+    pairs them. The text of each item is the row's, as it is.
+    """
+    table = _SentenceTable.of(rows, nouns)
+    missing = [n for n in nouns if n not in table.genders]
+    if missing or not nouns:
+        raise ProbeError(f"holisticbias: nouns {missing or '[]'} not in {source}; "
+                         f"choose from {sorted(table.genders)}")
+    templates = list(table.templates)
+    if templates_limit and len(templates) > templates_limit:
+        keep = set(random.Random(f"{seed}:templates").sample(range(len(templates)), templates_limit))
+        templates = [t for i, t in enumerate(templates) if i in keep]
+    if axes is not None:
+        unknown = sorted(set(axes) - set(table.descriptors))
+        if unknown:
+            raise ProbeError(f"holisticbias: unknown axes {unknown}; known: {sorted(table.descriptors)}")
+    genders = {table.genders[n] for n in nouns}
     items = []
-    for axis_code, axis in enumerate(sorted(descriptors)):
-        eligible = [e for e in descriptors[axis] if not e.get("gender") or genders == {e["gender"]}]
+    for axis_code, axis in enumerate(sorted(a for a in table.descriptors if axes is None or a in axes)):
+        entries = enumerate(table.descriptors[axis].items())
+        eligible = [(code, bucket, desc) for code, ((bucket, desc), gender) in entries
+                    if (gender == NONE or genders == {gender}) and (axis, bucket, desc) in table.with_text]
         if per_axis and len(eligible) > per_axis:
             chosen = sorted(random.Random(f"{seed}:{axis}").sample(range(len(eligible)), per_axis))
             eligible = [eligible[i] for i in chosen]
-        for e in eligible:
+        for code, bucket, desc in eligible:
             for t, tpl in enumerate(templates):
-                for sing, plural, _ in nouns:
-                    text = tpl.format(noun_phrase=f"{article_for(e)} {e['descriptor']} {sing}",
-                                      plural_noun_phrase=f"{e['descriptor']} {plural}")
+                for noun in nouns:
+                    text = table.texts.get((axis, bucket, desc, tpl, noun))
+                    if text is None:
+                        continue
                     items.append(ProbeItem(
-                        id=f"{axis}|{e['descriptor']}|t{t:02d}|{sing}",
-                        groups={"axis": axis, "bucket": e["bucket"], "descriptor": e["descriptor"]},
+                        id=f"{axis}|{desc}|t{t:02d}|{noun}",
+                        groups={"axis": axis, "bucket": bucket, "descriptor": desc},
                         cluster=f"t{t:02d}",
                         requests=(("", text),),
-                        meta={"axis_code": axis_code, "descriptor_code": e["code"], "template": tpl},
+                        meta={"axis_code": axis_code, "descriptor_code": code, "template": tpl},
                     ))
     return items
 
@@ -207,7 +322,9 @@ class HolisticBiasProbe:
                  "distributions over templates differ (Mann-Whitney U, Holm-corrected per axis); neutral 0, "
                  "higher = the model treats more descriptors differently"},
         data="facebookresearch/ResponsibleNLP@0ec714eb holistic_bias/dataset/v1.0 (descriptors.json, nouns.json, "
-        "sentence_templates.json); sentences generated here on a seeded descriptor subset; sha256 verified",
+        "sentence_templates.json); sentences generated here on a seeded descriptor subset; sha256 verified. "
+        "Or path=hf://fairnlp/holistic-bias:sentences@test, the hub copy of upstream's generated sentences.csv "
+        "(its descriptor_noun rows, texts as they are), exported once to $BEQUEATH_CACHE/datasets and verified on reuse",
         license="CC BY-SA 4.0 (dataset); MIT (code)",
         caveats=(
             "Likelihood differences also reflect word frequency and tokenisation, not only social bias; "
@@ -216,6 +333,8 @@ class HolisticBiasProbe:
             "templates_limit for fewer templates); one noun ('person') by default.",
             "Power depends on the number of templates x nouns per descriptor; few items give few rejections.",
             "Descriptors restricted to one gender (e.g. Latina) are used only with nouns of that gender.",
+            "The hub copy's rows are sorted by bucket and descriptor, not in descriptors.json's order, so the "
+            "seeded descriptor subset (and the descriptor codes) read from it differ from the local files'.",
         ),
         citation="Smith, Hall, Kambadur, Presani, Williams. \"I'm sorry to hear that\": Finding New Biases in "
         "Language Models with a Holistic Descriptor Dataset. EMNLP 2022.",
@@ -237,8 +356,18 @@ class HolisticBiasProbe:
             problems.append(f"alpha must be in (0, 1), got {alpha}")
         if problems:
             raise ProbeError("holisticbias: " + "; ".join(problems))
-        self.path = local_path(path, "holisticbias", "the local folder of one version "
-                               "(holisticbias/v1.0: descriptors.json, ...), or data_dir= the folder holding holisticbias/")
+        if is_hub_ref(path):
+            ref = HubRef.parse(path)
+            if ref.config != "sentences":
+                got = "names no config" if ref.config is None else f"names the '{ref.config}' config"
+                raise ProbeDataError(
+                    f"{path}: {got}; the holisticbias probe reads the 'sentences' config of the hub copy (one "
+                    f"row per sentence; 'noun_phrases' holds no sentences). "
+                    f"Write hf://{ref.repo}:sentences@{ref.split or 'test'}."
+                )
+        self.path = path if is_hub_ref(path) else local_path(
+            path, "holisticbias", "the local folder of one version (holisticbias/v1.0: descriptors.json, ...), "
+            "or data_dir= the folder holding holisticbias/")
         self.version, self.per_axis, self.nouns, self.axes = version, descriptors_per_axis, tuple(nouns), axes
         self.seed, self.unit, self.templates_limit = seed, unit, templates_limit
         self.hashes = SHA256[version] if check_sha256 else {}
@@ -246,28 +375,31 @@ class HolisticBiasProbe:
             self.metrics = (_metric(alpha, correction),)
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
-        if self.path:
-            root = self.path
-        elif data_dir is None:
-            raise ProbeError("holisticbias needs its data: pass --data-dir (the folder holding holisticbias/) or path=")
-        else:
-            root = Path(data_dir) / "holisticbias" / self.version
-        files = {str(root / n): verify_file(root / n, self.hashes.get(n)) for n in SHA256["v1.0"]}
         errors = RowErrors(allow_skip=allow_skip)
-        descriptors = read_descriptors(root / "descriptors.json", errors)
-        templates = list(json.loads((root / "sentence_templates.json").read_text(encoding="utf-8")))
-        if self.templates_limit and len(templates) > self.templates_limit:
-            keep = set(random.Random(f"{self.seed}:templates").sample(range(len(templates)), self.templates_limit))
-            templates = [t for i, t in enumerate(templates) if i in keep]
-        nouns = self._nouns(root / "nouns.json")
-        if self.axes is not None:
-            unknown = sorted(set(self.axes) - set(descriptors))
-            if unknown:
-                raise ProbeError(f"holisticbias: unknown axes {unknown}; known: {sorted(descriptors)}")
-            descriptors = {a: v for a, v in descriptors.items() if a in self.axes}
+        if is_hub_ref(self.path):
+            src = data_file(self.path, None, f"holisticbias/{self.version}", None, hub=HUB)
+            files, rows, source = {src.source: src.sha256}, hub_rows(src.path, errors), str(src.path)
+        else:
+            root = self._root(data_dir)
+            files = {str(root / n): verify_file(root / n, self.hashes.get(n)) for n in SHA256["v1.0"]}
+            descriptors = read_descriptors(root / "descriptors.json", errors)
+            templates = list(json.loads((root / "sentence_templates.json").read_text(encoding="utf-8")))
+            rows, source = local_rows(descriptors, templates, self._nouns(root / "nouns.json")), str(root)
+        try:
+            items = build_items(rows, self.nouns, axes=self.axes, per_axis=self.per_axis,
+                                templates_limit=self.templates_limit, seed=self.seed, source=source)
+        except ProbeError:
+            errors.finish()  # malformed rows, if any, are the likelier cause (of a noun not found, say)
+            raise
         n_skipped, skipped = errors.finish()
-        items = build_items(descriptors, templates, nouns, per_axis=self.per_axis, seed=self.seed)
         return LoadedItems(items=items, n_skipped=n_skipped, skipped=skipped, files=files)
+
+    def _root(self, data_dir: Path | None) -> Path:
+        if self.path:
+            return Path(self.path)
+        if data_dir is None:
+            raise ProbeError("holisticbias needs its data: pass --data-dir (the folder holding holisticbias/) or path=")
+        return Path(data_dir) / "holisticbias" / self.version
 
     def _nouns(self, path: Path) -> list[tuple[str, str, str]]:
         table = {s: (s, p, g) for g, pairs in json.loads(path.read_text(encoding="utf-8")).items()
@@ -288,4 +420,5 @@ class HolisticBiasProbe:
                 "axis_code": float(item.meta["axis_code"]), "descriptor_code": float(item.meta["descriptor_code"])}
 
 
-__all__ = ["HolisticBiasProbe", "share_pairs_differ", "pair_decisions", "mann_whitney_p", "reject", "build_items", "read_descriptors"]
+__all__ = ["HolisticBiasProbe", "share_pairs_differ", "pair_decisions", "mann_whitney_p", "reject", "build_items",
+           "read_descriptors", "local_rows", "hub_rows"]
