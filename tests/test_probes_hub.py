@@ -282,6 +282,16 @@ def test_winobias_hub_id_rebuilds_every_sentence_of_the_text_files(data_dir, cac
     ((source, _),) = from_hub.files.items()
     assert source.startswith("hf://uclanlp/wino_bias") and source.endswith("all.winobias")
 
+    assert WinoBiasProbe(path="hf://uclanlp/wino_bias").load().items == local.items and len(calls) == 8  # reused
+    export = Path(source.rsplit(" -> ", 1)[1])
+    assert sorted(p.name for p in export.iterdir())[:2] == ["anti_stereotyped_type1.txt.dev",
+                                                             "anti_stereotyped_type1.txt.test"]
+    assert len((export / "occupations.txt").read_text().splitlines()) == 40  # each of the 2 x 20 is a referent
+    edited = export / "pro_stereotyped_type1.txt.dev"
+    edited.write_text(edited.read_text().replace("[he]", "[she]", 1))
+    with pytest.raises(ProbeDataError, match="cached file was changed"):
+        WinoBiasProbe(path="hf://uclanlp/wino_bias").load()
+
     test_only = WinoBiasProbe(path="hf://uclanlp/wino_bias@test").load()
     assert test_only.items == [it for it in local.items if it.id.startswith("test-")]
     with pytest.raises(ProbeError, match="holds none of the splits"):
