@@ -83,6 +83,11 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             try:
                 probe = get_probe(name)
                 print(f"  {name:<14} {probe.card.title}\n  {'':<14} metrics: {', '.join(m.name for m in probe.metrics)}")
+                hub = getattr(probe, "hub", None)
+                if hub:
+                    print(f"  {'':<14} data: local files, or path: {hub.example} (hub copy)")
+            except BrokenPipeError:
+                raise
             except Exception as exc:  # a plugin that cannot be built is listed with why
                 print(f"  {name:<14} (cannot be built: {exc})")
     if args.what in (None, "tasks"):
@@ -176,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: results computed so far are kept in the results cache; run again to resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped early (| head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -263,6 +263,7 @@ class HubAdapter:
     """
 
     probe: str
+    example: str  # the canonical id of the confirmed copy, shown by `bequeath ls probes`
     confirmed_by: str
     fmt: Literal["csv", "jsonl"] = "jsonl"
     split: str = "test"

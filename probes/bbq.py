@@ -63,7 +63,7 @@ _CHOICE_SETS = ("options", "lm_eval")
 # A hub id as path= (e.g. hf://oskarvanderwal/bbq:All@test) is exported to JSONL with the hub's columns,
 # which lm-eval's utils read under the local file's names; ``label`` stays an index (choices[label]).
 HUB = HubAdapter(
-    probe="bbq", fmt="jsonl", split="test", class_ids=("label",),
+    example="hf://oskarvanderwal/bbq:All@test", probe="bbq", fmt="jsonl", split="test", class_ids=("label",),
     confirmed_by="lm_eval/tasks/bbq/bbq_multiple_choice.yaml (oskarvanderwal/bbq, config All, test_split "
     "test) and utils.py (context, question, ans0..ans2, label as an index into them, answer_info, "
     "additional_metadata.stereotyped_groups, question_polarity, context_condition, category)",
@@ -185,6 +185,7 @@ class BBQProbe:
     name = "bbq"
     version = "1"
     kind = "loglikelihood"
+    hub = HUB  # the hub copy a path of hf://... reads
     group_keys = ("category", "context_condition", "question_polarity")
     metrics = _metrics()
     card = ProbeCard(

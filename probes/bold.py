@@ -64,7 +64,7 @@ def _domain_files(rows) -> dict[str, str]:
 
 # A hub id as path= (hf://AlexaAI/bold, split train) is exported to the per-domain prompt files this reader parses.
 HUB = HubAdapter(
-    probe="bold", split="train", layout=_domain_files,
+    example="hf://AlexaAI/bold", probe="bold", split="train", layout=_domain_files,
     confirmed_by="lm-eval's bold.yaml (dataset_path AlexaAI/bold, split train; utils.py reads prompts and "
     "wikipedia) and the dataset card's columns domain, name, category, prompts, wikipedia",
 )
@@ -135,6 +135,7 @@ class BoldProbe:
     name = "bold"
     version = "1"
     kind = "generation"
+    hub = HUB  # the hub copy a path of hf://... reads
     # "group" first: the audit samples by the first key, so a limit stays balanced across groups
     group_keys = ("group", "domain")
     metrics = METRICS

@@ -189,8 +189,8 @@ def _winobias_files(rows) -> dict[str, str]:
 # A hub id as path= (hf://uclanlp/wino_bias: all four configs, both splits) is exported to the folder of text
 # files this reader parses, with the occupations read off the sentences' referents.
 WINOBIAS_HUB = HubAdapter(
-    probe="winobias", configs=("type1_pro", "type1_anti", "type2_pro", "type2_anti"), splits=("validation", "test"),
-    layout=_winobias_files,
+    example="hf://uclanlp/wino_bias", probe="winobias", layout=_winobias_files,
+    configs=("type1_pro", "type1_anti", "type2_pro", "type2_anti"), splits=("validation", "test"),
     confirmed_by="the wino_bias loading script (huggingface/datasets datasets/wino_bias/wino_bias.py): configs "
     "type1_pro, type1_anti, type2_pro, type2_anti; splits validation, test; columns document_id, tokens, "
     "coreference_clusters (cluster 1's [start, end] word pairs, flattened), from corefBias conll_format",
@@ -206,6 +206,7 @@ class WinoBiasProbe:
     name = "winobias"
     version = "1"
     kind = "loglikelihood"
+    hub = WINOBIAS_HUB  # the hub copy a path of hf://... reads
     group_keys = ("type", "gender")
     metrics = (
         _gap("pro", "anti", _PRO_ANTI, binary=True),
@@ -337,7 +338,7 @@ def _winogender_files(rows) -> dict[str, str]:
 # the hub's pronoun column. The copy lacks occupations-stats.tsv (the BLS shares that set the stereotype
 # direction): that comes from stats= or data_dir.
 WINOGENDER_HUB = HubAdapter(
-    probe="winogender", configs=("all",), layout=_winogender_files,
+    example="hf://oskarvanderwal/winogender", probe="winogender", configs=("all",), layout=_winogender_files,
     confirmed_by="lm-eval's winogender.yaml (dataset_path oskarvanderwal/winogender, dataset_name all|gotcha, "
     "test_split test; doc_to_text uses sentence and pronoun) and the copy's columns sentid, sentence, pronoun, "
     "occupation, participant, gender, target, label",
@@ -366,6 +367,7 @@ class WinogenderProbe:
     name = "winogender"
     version = "1"
     kind = "loglikelihood"
+    hub = WINOGENDER_HUB  # the hub copy a path of hf://... reads
     group_keys = ("gender",)
     metrics = (
         _gap("pro", "anti", _PRO_ANTI + "; he/she items only, stereotype from BLS majority gender",

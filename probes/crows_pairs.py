@@ -44,7 +44,7 @@ _DIRECTIONS = ("stereo", "antistereo")
 # stereo_antistereo is not confirmed there (the header check names it if missing); with no index column,
 # ids are row positions, as in the original file's order.
 HUB = HubAdapter(
-    probe="crows_pairs", fmt="csv", split="test",
+    example="hf://jannalu/crows_pairs_multilingual:english@test", probe="crows_pairs", fmt="csv", split="test",
     confirmed_by="lm_eval/tasks/crows_pairs/crows_pairs_english.yaml (jannalu/crows_pairs_multilingual, "
     "config english, test_split test) and utils.py (doc['sent_more'], doc['sent_less'], bias_type strings)",
 )
@@ -83,6 +83,7 @@ class CrowsPairsProbe:
     name = "crows_pairs"
     version = "1"
     kind = "loglikelihood"
+    hub = HUB  # the hub copy a path of hf://... reads
     group_keys = ("bias_type", "direction")
     metrics = (pct_stereotype_metric(), _per_token_metric(), _likelihood_diff_metric())
     card = ProbeCard(

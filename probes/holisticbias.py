@@ -64,7 +64,7 @@ ROW_FIELDS = ("text", "axis", "bucket", "descriptor", "descriptor_gender", "noun
 # upstream's sentences.csv, one row per sentence; only its descriptor_noun rows ("a Deaf person") are read.
 # Its noun_phrases config holds no sentences, so the id must name the sentences config.
 HUB = HubAdapter(
-    probe="holisticbias", fmt="jsonl", split="test",
+    example="hf://fairnlp/holistic-bias:sentences@test", probe="holisticbias", fmt="jsonl", split="test",
     confirmed_by="facebookresearch/ResponsibleNLP holistic_bias/src/sentences.py (HolisticBiasSentenceGenerator "
     "writes sentences.csv, the hub copy's 'sentences' config, split test: text, axis, bucket, descriptor, "
     "descriptor_gender, descriptor_preference, noun, plural_noun, noun_gender, noun_phrase, plural_noun_phrase, "
@@ -311,6 +311,7 @@ class HolisticBiasProbe:
     name = "holisticbias"
     version = "1"
     kind = "loglikelihood"
+    hub = HUB  # the hub copy a path of hf://... reads
     group_keys = ("axis",)
     metrics = (_metric(0.05, "holm"),)
     card = ProbeCard(

@@ -64,7 +64,8 @@ def _flat_rows(rows) -> dict[str, str]:
 # A hub id as path= (e.g. hf://McGill-NLP/stereoset, both configs; or hf://McGill-NLP/stereoset:intrasentence)
 # is exported to the flat JSONL this reader parses: each option sentence under its gold label.
 HUB = HubAdapter(
-    probe="stereoset", split="validation", configs=_TYPES[::-1], layout=_flat_rows,
+    example="hf://McGill-NLP/stereoset", probe="stereoset", split="validation", configs=_TYPES[::-1],
+    layout=_flat_rows,
     confirmed_by="the stereoset loading script (huggingface/datasets datasets/stereoset/stereoset.py): configs "
     "intersentence, intrasentence; split validation; columns id, target, bias_type, context, sentences "
     "{sentence, id, labels {label, human_id}, gold_label}",
@@ -127,6 +128,7 @@ class StereoSetProbe:
     name = "stereoset"
     version = "1"
     kind = "loglikelihood"
+    hub = HUB  # the hub copy a path of hf://... reads
     group_keys = ("bias_type", "type", "target")
     metrics = _metrics()
     card = ProbeCard(

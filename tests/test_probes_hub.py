@@ -358,3 +358,20 @@ def test_hub_ref_syntax():
     for bad in ("hf://b", "hf://a/b/c", "hf://a/b:", "hf://a/b@", "hf:///b"):
         with pytest.raises(ProbeDataError, match=r"expected hf://OWNER/NAME\[:CONFIG\]\[@SPLIT\]"):
             HubRef.parse(bad)
+
+
+def test_ls_probes_names_each_probes_hub_copy(capsys):
+    from audit.cli import main
+    from probes.registry import available
+
+    assert main(["ls", "probes"]) == 0
+    out = capsys.readouterr().out
+    with_hub = []
+    for name in available():
+        hub = getattr(get_probe(name), "hub", None)
+        if hub is None:
+            continue
+        with_hub.append(name)
+        assert hub.probe == name and HubRef.parse(hub.example).repo and hub.confirmed_by
+        assert f"path: {hub.example} (hub copy)" in out
+    assert sorted(with_hub) == ["bbq", "bold", "crows_pairs", "holisticbias", "stereoset", "winobias", "winogender"]
