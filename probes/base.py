@@ -487,7 +487,11 @@ def jsonl_rows(path: Path, errors: RowErrors) -> Iterator[tuple[int, Any]]:
 def stratified_sample(
     items: Sequence[ProbeItem], *, by: Sequence[str], limit: int | None, seed: int
 ) -> list[ProbeItem]:
-    """At most ``limit`` items per combination of the ``by`` group keys, seeded; order kept."""
+    """At most ``limit`` items per combination of the ``by`` group keys, seeded; order kept.
+
+    Samples are nested: the items kept at ``limit`` n are among those kept at any larger limit, so a
+    larger limit scores only the added items (the results cache is keyed per item).
+    """
     if not limit:
         return list(items)
     strata: dict[tuple, list[int]] = defaultdict(list)
@@ -496,8 +500,9 @@ def stratified_sample(
     keep: set[int] = set()
     for key in sorted(strata):
         idx = strata[key]
-        rng = random.Random(f"{seed}:{'|'.join(key)}")
-        keep.update(idx if len(idx) <= limit else rng.sample(idx, limit))
+        order = list(idx)
+        random.Random(f"{seed}:{'|'.join(key)}").shuffle(order)
+        keep.update(order[:limit])  # a prefix of one seeded order: a larger limit keeps every item of a smaller one
     return [it for i, it in enumerate(items) if i in keep]
 
 

@@ -8,6 +8,7 @@ registered. Scoring uses the tiny random model (fast); probes read the shared da
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -99,6 +100,12 @@ def test_items_well_formed(name, loaded_probes):
         else:
             assert it.requests and all(isinstance(c, str) and isinstance(x, str) and x for c, x in it.requests), \
                 f"{name}:{it.id}: requests must be non-empty (context, continuation) pairs"
+    # the audit's limit: balanced per value of the first group key, and nested (a larger limit adds items)
+    key = probe.group_keys[0]
+    small, large = (stratified_sample(items, by=(key,), limit=n, seed=7) for n in (3, 6))
+    per = Counter(it.groups[key] for it in small)
+    assert set(per) == {it.groups[key] for it in items} and max(per.values()) <= 3
+    assert {it.id for it in small} <= {it.id for it in large} and len(large) > len(small) or len(small) == len(items)
 
 
 @pytest.mark.parametrize("name", available())

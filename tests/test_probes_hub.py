@@ -298,10 +298,9 @@ def test_winobias_hub_id_rebuilds_every_sentence_of_the_text_files(data_dir, cac
         WinoBiasProbe(path="hf://uclanlp/wino_bias@test", splits=("dev",)).load()
 
 
-def test_winogender_hub_id_gives_the_items_of_the_templates(data_dir, cache, hub):
-    """The hub copy has the pronoun as a column and no templates.tsv; the items are the same."""
-    root = data_dir / "winogender"
-    with open(root / "all_sentences.tsv", encoding="utf-8", newline="") as fh:
+def _winogender_rows(data_dir: Path) -> list[dict]:
+    """oskarvanderwal/winogender's columns, from all_sentences.tsv (the pronoun read off the sentence)."""
+    with open(data_dir / "winogender" / "all_sentences.tsv", encoding="utf-8", newline="") as fh:
         sentences = list(csv.DictReader(fh, delimiter="\t"))
     pronouns = {"he", "she", "they", "his", "her", "their", "him", "them"}
     rows = []
@@ -311,6 +310,13 @@ def test_winogender_hub_id_gives_the_items_of_the_templates(data_dir, cache, hub
         rows.append({"sentid": r["sentid"], "sentence": r["sentence"], "pronoun": pronoun, "occupation": occ,
                      "participant": participant, "gender": gender, "target": (occ, participant)[int(answer)],
                      "label": answer})
+    return rows
+
+
+def test_winogender_hub_id_gives_the_items_of_the_templates(data_dir, cache, hub):
+    """The hub copy has the pronoun as a column and no templates.tsv; the items are the same."""
+    root = data_dir / "winogender"
+    rows = _winogender_rows(data_dir)
     tables, _ = hub
     tables[("oskarvanderwal/winogender", "all", "test")] = datasets.Dataset.from_list(rows)
 
@@ -375,3 +381,40 @@ def test_ls_probes_names_each_probes_hub_copy(capsys):
         assert hub.probe == name and HubRef.parse(hub.example).repo and hub.confirmed_by
         assert f"path: {hub.example} (hub copy)" in out
     assert sorted(with_hub) == ["bbq", "bold", "crows_pairs", "holisticbias", "stereoset", "winobias", "winogender"]
+
+
+def test_an_audit_reads_a_hub_id_records_it_and_scores_only_new_items_at_a_larger_limit(
+        data_dir, tmp_path, cache, hub, tiny_model_dir, monkeypatch):
+    """Through the harness: the run's provenance names the hub copy; a larger limit reuses the cache."""
+    from audit.harness import run_audit
+    from audit.spec import AuditSpec
+    from audit.store import ResultsCache
+
+    tables, calls = hub
+    tables[("oskarvanderwal/winogender", "all", "test")] = datasets.Dataset.from_list(_winogender_rows(data_dir))
+    scored = []
+    original = ResultsCache.rows
+
+    def spy(self, key, ids, compute, **kw):
+        return original(self, key, ids, lambda pos: scored.append(len(pos)) or compute(pos), **kw)
+
+    monkeypatch.setattr(ResultsCache, "rows", spy)
+
+    def audit(limit: int, out: str):
+        spec = AuditSpec.from_dict(dict(
+            teacher={"name": "teacher", "path": str(tiny_model_dir)}, students=[], tasks=[], n_boot=100,
+            probes=[{"name": "winogender", "limit": limit, "path": "hf://oskarvanderwal/winogender"}],
+            data_dir=str(data_dir), out=str(tmp_path / out), cache=str(tmp_path / "results"), backend="hflm"))
+        folder, code = run_audit(spec, progress=False)
+        return code, json.loads((folder / "run.json").read_text())
+
+    code, run = audit(20, "small")
+    files = run["provenance"]["dataset_files"]
+    assert code == 0 and calls == [("oskarvanderwal/winogender", "all", "test")]
+    assert any(f.startswith("hf://oskarvanderwal/winogender") for f in files)
+    assert str(data_dir / "winogender" / "occupations-stats.tsv") in files
+    small = run["probes"][0]["models"]["teacher"]["n_scored"] + run["probes"][0]["models"]["teacher"]["n_invalid"]
+    assert small == 60 and scored == [60]  # 20 per pronoun gender
+
+    code, run = audit(40, "large")
+    assert code == 0 and scored == [60, 60] and len(calls) == 1  # 60 new items; the export is reused
