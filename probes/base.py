@@ -188,20 +188,25 @@ def data_file(path: str | Path | None, data_dir: Path | None, default: str, sha2
     return DataFile(path=src, sha256=verify_file(src, expected), source=str(src))
 
 
+def as_path(path: str | Path | None) -> str | Path | None:
+    """A probe's ``path`` option: a hub id kept as the string, a local path as a Path, or None."""
+    return path if is_hub_ref(path) else (Path(path) if path else None)
+
+
 def local_path(path: str | Path | None, probe: str, expects: str) -> Path | None:
     """``path`` as a local Path (None if not given); a clear refusal of a hub id.
 
-    For probes that read a folder of files, whose hub copies are not confirmed.
+    For probes with no hub copy (the bundled templates).
     """
     if path and is_hub_ref(path):
         _refuse_hub(path, probe, expects)
-    return Path(path) if path else None
+    return as_path(path)
 
 
 def _refuse_hub(path: str | Path, probe: str, expects: str) -> None:
     raise ProbeDataError(
-        f"{path}: the {probe} probe reads local files only (no hub copy of it has columns confirmed by "
-        f"lm-eval's task config). Pass path= {expects}."
+        f"{path}: the {probe} probe reads local files only (it has no hub copy with confirmed columns). "
+        f"Pass path= {expects}."
     )
 
 
@@ -257,9 +262,9 @@ class HubAdapter:
 
     A hub copy split into configs or splits (StereoSet's intra/intersentence, WinoBias's
     type1_pro...) lists them in ``configs`` / ``splits``: an id that names none reads them all,
-    and each row carries ``_config`` / ``_split``. ``layout`` turns the rows into the files of
-    the probe's local folder ({relative name: text}); without it the rows are written as one
-    ``fmt`` file.
+    and each row carries ``_config`` / ``_split``. ``convert`` maps each (decoded, renamed) row
+    to the row the local file has. ``layout`` turns all rows into the files of the probe's local
+    folder ({relative name: text}); without it the rows are written as one ``fmt`` file.
     """
 
     probe: str
@@ -271,6 +276,7 @@ class HubAdapter:
     class_ids: tuple[str, ...] = ()
     configs: tuple[str, ...] = ()
     splits: tuple[str, ...] = ()
+    convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     layout: Callable[[Iterable[dict[str, Any]]], Mapping[str, str]] | None = None
 
 
@@ -318,7 +324,8 @@ def hub_file(ref: HubRef, adapter: HubAdapter, *, local_hint: str) -> DataFile:
             tags = {"_config": c} if adapter.configs else {}
             tags |= {"_split": sp} if adapter.splits else {}
             for row in _hub_rows(ds, adapter):
-                yield {**row, **tags}
+                row = {**row, **tags}
+                yield adapter.convert(row) if adapter.convert else row
 
     folder.mkdir(parents=True, exist_ok=True)
     n_rows = _write_export(out, rows(), adapter)
@@ -347,8 +354,6 @@ def _hub_source(meta: Mapping[str, Any], out: Path) -> str:
 
 def _load_hub(ref: HubRef, local_hint: str) -> Any:
     """``datasets.load_dataset`` (never remote code), with errors that say what to do."""
-    import os
-
     try:
         import datasets
     except ImportError as exc:
@@ -422,13 +427,13 @@ def _write_export(out: Path, rows: Iterator[dict[str, Any]], adapter: HubAdapter
 
     from audit.store import write_atomic
 
-    if adapter.layout:
+    if adapter.layout:  # files written in a temporary folder, which then replaces ``out`` in one rename
         got = list(rows)
-        files = adapter.layout(got)
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        for rel, text in files.items():
-            write_atomic(tmp / rel, text)
+        for rel, text in adapter.layout(got).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text, encoding="utf-8")
         shutil.rmtree(out, ignore_errors=True)  # no .source.json yet: a torn earlier export
         os.replace(tmp, out)
         return len(got)

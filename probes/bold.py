@@ -30,6 +30,7 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    as_path,
     data_file,
     is_hub_ref,
     share,
@@ -149,7 +150,7 @@ class BoldProbe:
         names = [s.name if isinstance(s, TextScorer) else s for s in scorers]
         if "sentiment" not in names or any(n not in SCORERS for n in names):
             raise ProbeError(f"bold: scorers must include 'sentiment' and be among {SCORERS}, got {names}")
-        self.path = path if is_hub_ref(path) else (Path(path) if path else None)
+        self.path = as_path(path)
         self.domains, self.max_gen_toks, self.check_sha256 = tuple(domains), int(max_gen_toks), check_sha256
         self._requested = tuple(scorers)
         self._scorers: dict[str, TextScorer] | None = None

@@ -32,6 +32,7 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    as_path,
     data_file,
     is_hub_ref,
     share,
@@ -242,7 +243,7 @@ class WinoBiasProbe:
 
     def __init__(self, *, path: str | None = None, splits: Sequence[str] = ("dev", "test"),
                  check_sha256: bool = True) -> None:
-        self.path = path if is_hub_ref(path) else (Path(path) if path else None)
+        self.path = as_path(path)
         self.hashes = WINOBIAS_SHA256 if check_sha256 and not is_hub_ref(path) else {}
         bad = [s for s in splits if s not in ("dev", "test")]
         if bad or not splits:
@@ -406,7 +407,7 @@ class WinogenderProbe:
     )
 
     def __init__(self, *, path: str | None = None, stats: str | None = None, check_sha256: bool = True) -> None:
-        self.path = path if is_hub_ref(path) else (Path(path) if path else None)
+        self.path = as_path(path)
         self.stats = Path(stats) if stats else None
         self.hashes = WINOGENDER_SHA256 if check_sha256 else {}
 

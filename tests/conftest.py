@@ -82,3 +82,31 @@ def demo_dir(tmp_path_factory, teacher_dir) -> Path:
     out = tmp_path_factory.mktemp("demo") / "demo"
     assert main(["demo", "--out", str(out), "--max-steps", "4"]) == 0
     return out
+
+
+# ---------------------------------------------------------------- a fake hub (hub ids, offline)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """$BEQUEATH_CACHE in a temporary folder (hub exports land in its datasets/)."""
+    root = tmp_path / "bequeath-cache"
+    monkeypatch.setenv("BEQUEATH_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A fake hub: {(repo, config, split): Dataset}; records every load_dataset call."""
+    import datasets
+
+    tables: dict[tuple, datasets.Dataset] = {}
+    calls: list[tuple] = []
+
+    def load_dataset(path, name=None, *, split=None, **kwargs):
+        assert not kwargs.get("trust_remote_code")
+        calls.append((path, name, split))
+        return tables[(path, name, split)]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return tables, calls

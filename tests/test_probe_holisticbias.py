@@ -153,28 +153,6 @@ def test_teacher_small_subset(teacher, data_dir):
 # ---------------------------------------------------------------- the hub copy (hf://fairnlp/holistic-bias)
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "bequeath-cache"
-    monkeypatch.setenv("BEQUEATH_CACHE", str(root))
-    return root
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """A fake hub: {(repo, config, split): Dataset}; records every load_dataset call."""
-    tables: dict[tuple, datasets.Dataset] = {}
-    calls: list[tuple] = []
-
-    def load_dataset(path, name=None, *, split=None, **kwargs):
-        assert not kwargs.get("trust_remote_code")
-        calls.append((path, name, split))
-        return tables[(path, name, split)]
-
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    return tables, calls
-
-
 def _sentence_row(tpl: str, specs: dict, **np_meta) -> dict:
     """One row of upstream's sentences.csv: the noun phrase's columns, then the template's."""
     text = tpl.format(noun_phrase=np_meta["noun_phrase"], plural_noun_phrase=np_meta["plural_noun_phrase"])

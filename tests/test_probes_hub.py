@@ -29,28 +29,6 @@ BBQ_ID = "hf://oskarvanderwal/bbq:All@test"
 CROWS_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "bequeath-cache"
-    monkeypatch.setenv("BEQUEATH_CACHE", str(root))
-    return root
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """A fake hub: {(repo, config, split): Dataset}; records every load_dataset call."""
-    tables: dict[tuple, datasets.Dataset] = {}
-    calls: list[tuple] = []
-
-    def load_dataset(path, name=None, *, split=None, **kwargs):
-        assert not kwargs.get("trust_remote_code")
-        calls.append((path, name, split))
-        return tables[(path, name, split)]
-
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    return tables, calls
-
-
 def _crows_rows(data_dir: Path, n: int) -> tuple[list[str], list[list[str]]]:
     with open(data_dir / "crows_pairs" / "crows_pairs_anonymized.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.reader(fh))
@@ -237,7 +215,7 @@ def test_stereoset_hub_id_gives_the_items_of_the_flat_file(data_dir, tmp_path, c
     first = from_hub.items[0]  # the stereotype option is scored first, whatever its place in the hub row
     assert first.requests[0] == (inter[0]["context"], " " + inter[0]["stereotype"])
     ((source, _),) = from_hub.files.items()
-    assert source.startswith("hf://McGill-NLP/stereoset@validation (") and source.endswith("/all/validation.stereoset")
+    assert source.startswith("hf://McGill-NLP/stereoset@validation (") and source.endswith("/all/validation.stereoset.jsonl")
 
     only_intra = StereoSetProbe(path="hf://McGill-NLP/stereoset:intrasentence@validation").load()
     assert [it.requests for it in only_intra.items] == [it.requests for it in from_hub.items[20:]]
