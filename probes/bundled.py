@@ -1,11 +1,24 @@
 """Bundled template probe, written for this project and shipped in the package.
 
-Two axes, so that the demo and tests need no external data and a planted bias on one
-axis has a control on the other:
-- gender: 24 occupations (12 female-dominated, 12 male-dominated by US BLS 2023 shares)
-  x 5 templates; does the model prefer the stereotyped pronoun after the occupation?
-- age: 6 attribute pairs x 4 templates x {elderly, young}; does the model prefer the
-  stereotyped attribute for the age descriptor?
+Four axes, each with two subgroups, so that the demo and tests need no external data and a
+planted bias on one axis has controls on the others. 736 items in 92 templates; every
+template holds 8 items, 4 per subgroup, and is one cluster of the audit's statistics (the
+cluster sign-flip test and the cluster-robust t interval need many clusters per group):
+- gender (24 templates, 192 items): 24 occupations (12 female-dominated, 12 male-dominated
+  by US BLS 2023 shares), 4 + 4 per template, each in 8 templates; does the model prefer the
+  stereotyped pronoun (she/he, her/his) after the occupation?
+- age (24 templates, 192 items): elderly vs young descriptors (elderly/young, older/younger,
+  eighty-year-old/twenty-year-old, retired/teenage, ...) x 12 attribute pairs; does the model
+  prefer the stereotyped attribute (old: forgetful, frail, ...; young: reckless, naive, ...)?
+- disability (22 templates, 176 items): a person described with a physical or sensory
+  disability (uses a wheelchair, is blind, is deaf, ...) vs the same sentence without it x
+  8 attribute pairs (helpless/capable, dependent on others/independent, ...).
+- socioeconomic (22 templates, 176 items): poor vs wealthy descriptors (low-/high-income,
+  working-/upper-class, from a poor/wealthy family, ...) x 8 attribute pairs (poor: lazy,
+  bad with money, ...; wealthy: arrogant, greedy, ...).
+Directions are counterbalanced within every template: each continuation is the stereotype
+for one subgroup and the anti-stereotype for the other (gender: each pronoun for 4 items
+each way), so a model's generic preference for a word cancels within a cluster.
 Each item shares one context between its two continuations (stereotype first), so it is
 scored by two log-likelihood requests, exactly as CrowS-Pairs compares its two sentences.
 """
@@ -58,23 +71,37 @@ def pair_columns(answers: Sequence[Answer]) -> dict[str, float]:
 
 class BundledProbe:
     name = "bundled"
-    version = "1"
+    version = "2"
     kind = "loglikelihood"
     group_keys = ("bias_type", "subgroup")
     metrics = (pct_stereotype_metric(),)
     card = ProbeCard(
-        title="Bundled templates (occupations x pronouns; age descriptors)",
+        title="Bundled templates (gender: occupations x pronouns; age; disability; socioeconomic status)",
         measures="Whether a model prefers the stereotyped pronoun for gender-dominated occupations, "
-        "and the stereotyped attribute for elderly vs young people, by log-likelihood of two "
+        "and the stereotyped attribute for elderly vs young people, for people with vs without a "
+        "physical or sensory disability, and for poor vs wealthy people, by log-likelihood of two "
         "continuations of one shared context.",
         metrics={"pct_stereotype": "share of items where the stereotyped continuation wins; "
                  "neutral 0.5, higher = more stereotyped"},
-        data="probes/data/bundled_templates.jsonl, written for bequeath (168 items)",
+        data="probes/data/bundled_templates.jsonl, written for bequeath (736 items in 92 templates: "
+        "gender 192, age 192, disability 176, socioeconomic 176)",
         license="Apache-2.0 (part of bequeath)",
         caveats=(
-            "Small template set written for demos and tests, not a validated benchmark.",
+            "Template set written for demos and tests, not a validated benchmark: sentences were "
+            "written by the project, not collected from or rated by annotators.",
+            "Items within a template share their wording and are not independent; the audit treats "
+            "each template as one cluster (22-24 per bias type, 22-24 per subgroup).",
             "Occupation gender shares follow US labour statistics; other countries differ.",
             "Binary he/she pronouns only; does not measure bias toward non-binary people.",
+            "Disability covers a few physical and sensory disabilities only (no cognitive, "
+            "intellectual or mental-health conditions); the comparison is with the same sentence "
+            "naming no disability.",
+            "Each attribute pair is used both ways (old: forgetful over sharp; young: sharp over "
+            "forgetful), so a subgroup's 'stereotype' is sometimes the counterpart of the other "
+            "subgroup's stereotype (always so for non-disabled). A generic preference for one of the "
+            "two words cancels across the two subgroups of a template, not within one subgroup: read "
+            "per-subgroup numbers with that in mind.",
+            "English and US/UK-centred stereotypes only.",
         ),
         citation="bequeath project (bundled demo probe)",
         bundled=True,

@@ -41,13 +41,13 @@ def test_audit_run_is_paired_complete_and_cached(tmp_path, tiny_model_dir, stude
     assert run["provenance"]["spec_hash"] == spec.spec_hash()
     assert run["provenance"]["lm_eval"] == "0.4.13"
     (probe,) = run["probes"]
-    # stratified limit: 30 per bias_type, two bias types
-    assert probe["n_total"] == 168 and probe["models"]["teacher"]["n_scored"] == 60
+    # stratified limit: 30 per bias_type, four bias types
+    assert probe["n_total"] == 736 and probe["models"]["teacher"]["n_scored"] == 120
     rows = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
     probe_rows = [r for r in rows if r.get("probe") == "bundled"]
     t_ids = sorted(r["item"] for r in probe_rows if r["model"] == "teacher")
     s_ids = sorted(r["item"] for r in probe_rows if r["model"] == "student")
-    assert t_ids == s_ids and len(t_ids) == 60
+    assert t_ids == s_ids and len(t_ids) == 120
     # stored per-item numbers equal a direct scoring of the same items
     items = {it.id: it for it in get_probe("bundled").load(None).items}
     direct = score_probe_items(make_lm(tiny, backend="hflm"), get_probe("bundled"), [items[i] for i in t_ids[:5]],
@@ -66,7 +66,7 @@ def test_audit_run_is_paired_complete_and_cached(tmp_path, tiny_model_dir, stude
     overall = next(c for c in comps if c["group_key"] == "all")
     t_share = sum(stored[i]["columns"]["stereotyped"] for i in t_ids) / len(t_ids)
     assert overall["teacher"]["value"] == pytest.approx(t_share)
-    assert overall["n"] == 60
+    assert overall["n"] == 120
     (task,) = run["tasks"]
     assert task["n"] == 20 and set(task["scores"]) == {"teacher", "student"}
     assert "student" in task["retention"]

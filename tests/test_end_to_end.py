@@ -31,9 +31,9 @@ def test_demo_distills_audits_and_reports_on_the_real_teacher(demo_dir):
     # the teacher answers the easy bundled questions well above chance (0.25)
     assert t_acc > 0.5
     (probe,) = run["probes"]
-    assert probe["models"]["teacher"]["n_scored"] == probe["models"]["soft-student"]["n_scored"] == 168
+    assert probe["models"]["teacher"]["n_scored"] == probe["models"]["soft-student"]["n_scored"] == 736
     gender = next(c for c in run["comparisons"] if c["group_key"] == "bias_type" and c["group"] == "gender")
-    assert gender["n"] == 120 and gender["verdict"]
+    assert gender["n"] == 192 and gender["verdict"]
 
     html = report.read_text()
     for text in ("teacher", "soft-student", "gender", "age", "bundled_qa"):
