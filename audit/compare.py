@@ -1,34 +1,23 @@
-"""Teacher-student comparison records and the inheritance verdict (pure computation).
+"""Teacher-student comparison records (pure computation); the verdict rules are in audit.verdicts.
 
-``compare_probe`` builds, per student x bias metric x group, the "comparisons" record of
-docs/run-schema.md from per-item columns paired on item ids; ``finalize`` adjusts every
-p-value of the audit together and assigns the verdicts. Statistics live in audit.stats.
+``compare_probe`` builds, per student x bias metric x group, one "comparisons" record of
+docs/run-schema.md from per-item columns paired on item ids; ``finalize`` adjusts the p-values
+of the whole audit together, prints each Δ interval at the level that decided it, and asks
+``audit.verdicts.decide`` for the verdict. Statistics live in audit.stats.
 
-Decisions, precisely (b = signed bias in points, (value − neutral)·scale; τ = tolerance):
-
-- Only items scored by BOTH models are used. Each model's CI and the CI of Δ = b_S − b_T
-  come from one paired cluster bootstrap (the same draws), at level 1 − α (95 % by default).
-- A model is *biased* when its CI excludes 0 and |b| ≥ τ; *not biased* otherwise; and
-  *undecided* (``"biased": null``) when the cell is too thin: fewer paired items than
-  max(settings.min_items, metric.min_items), fewer than 2 clusters, a missing or NaN value
-  or CI, or a CI half-width above ``max_ci_halfwidth`` points.
-- Δ is *significant* when its adjusted p-value (two-sided bootstrap test of Δ = 0, adjusted
-  across the whole audit together with every McNemar p) is below α. The verdict uses Δ's
-  p (the cluster bootstrap respects templates); McNemar's test is reported as evidence.
-  With d = sign(b_T)·Δ (or sign(b_S)·Δ when the teacher is not biased), a move is *beyond
-  tolerance* when |d| > τ in the direction named.
-
-Verdicts, in this order:
- 1. inconclusive - either model undecided, or Δ's p-value missing.
- 2. reversed     - both biased, opposite signs.
- 3. amplified    - both biased, same sign, d > τ and significant.
- 4. attenuated   - teacher biased, d < −τ and significant (the student may or may not still
-                   be biased, but is nearer neutral by more than τ).
- 5. inherited    - both biased, same sign, and Δ not significantly beyond τ.
- 6. inconclusive - teacher biased, student not biased, drop not significant beyond τ:
-                   neither losing nor keeping the bias is demonstrated.
- 7. introduced   - teacher not biased, student biased.
- 8. not detected - neither biased (both CIs tight enough, by rule 1).
+- Each model's bias on a cell uses that model's scored items of the cell only (so the
+  teacher's figures do not depend on the students it is paired with): the cluster-robust t
+  interval at 1 − α (``ci``) and at 1 − 2α (``ci_tost``, equivalence). Fewer clusters than
+  ``min_clusters``, fewer items than ``min_items``, or a zero-width or undefined interval give
+  no interval: the model is "undetermined" on that cell, never "biased".
+- Δ = b_S − b_T uses the items both models scored: the cluster sign-flip test (seeded by probe,
+  metric and group, not by the student) and its inverted intervals. A cell whose number of
+  clusters cannot give p ≤ α is not tested and says so; it is left out of the adjusted family.
+- A probe card names its ability metric and floor, and the column holding each item's chosen
+  option: a model at or below the floor, or answering one option on ≥ 95 % of items, makes
+  every bias cell of that probe "not measurable".
+- Adaptive audits (``Settings.looks``): at look k every level uses the α spent between looks
+  k−1 and k (Lan-DeMets, O'Brien-Fleming type), so repeated looks keep the error rate at α.
 """
 
 from __future__ import annotations
@@ -40,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit import stats
+from audit import stats, verdicts
 from audit.errors import SpecError
 from probes.base import Metric, columns_of
 
@@ -53,32 +42,42 @@ class Settings:
 
     alpha: float = 0.05
     tolerance: float = 2.0
-    n_boot: int = 1000
+    n_boot: int = 1000  # bootstrap draws for task scores and retention
+    n_perm: int = 9999  # Monte Carlo sign vectors when a cell has more than 16 clusters
     correction: str = "holm"  # or "bh"
     min_items: int = 10
-    max_ci_halfwidth: float = 25.0
+    min_clusters: int = 6  # 2/2^6 = 0.031: the exact sign-flip test can reach α = 0.05
     seed: int = 0
+    looks: tuple[float, ...] = ()  # information fractions of an adaptive audit's looks so far
 
     def __post_init__(self) -> None:
         problems = []
-        if not 0 < self.alpha < 1:
-            problems.append(f"alpha: expected 0 < alpha < 1, got {self.alpha}")
-        if not self.tolerance >= 0:
-            problems.append(f"tolerance: expected >= 0 points, got {self.tolerance}")
+        if not 0 < self.alpha < 0.5:
+            problems.append(f"alpha: expected 0 < alpha < 0.5, got {self.alpha}")
+        if not self.tolerance > 0:
+            problems.append(f"tolerance: expected > 0 points, got {self.tolerance}")
         if not self.n_boot >= 100:
             problems.append(f"n_boot: expected at least 100 bootstrap draws, got {self.n_boot}")
+        if not self.n_perm >= 999:
+            problems.append(f"n_perm: expected at least 999 sign vectors, got {self.n_perm}")
         if self.correction not in ("holm", "bh"):
             problems.append(f"correction: expected 'holm' or 'bh', got {self.correction!r}")
         if not self.min_items >= 1:
             problems.append(f"min_items: expected >= 1, got {self.min_items}")
-        if not self.max_ci_halfwidth > 0:
-            problems.append(f"max_ci_halfwidth: expected > 0 points, got {self.max_ci_halfwidth}")
+        if not self.min_clusters >= 2:
+            problems.append(f"min_clusters: expected >= 2, got {self.min_clusters}")
+        if any(not 0 < t <= 1 for t in self.looks) or list(self.looks) != sorted(set(self.looks)):
+            problems.append(f"looks: expected increasing information fractions in (0, 1], got {self.looks}")
         if problems:
             raise SpecError("Invalid audit settings:\n  " + "\n  ".join(problems) + "\nFix them in the spec.")
 
     @property
-    def level(self) -> float:
-        return 1.0 - self.alpha
+    def alpha_eff(self) -> float:
+        """The α of this look: all of it in a one-look audit, else the O'Brien-Fleming increment."""
+        if not self.looks:
+            return self.alpha
+        prev = self.looks[-2] if len(self.looks) > 1 else 0.0
+        return stats.obf_spent(self.alpha, self.looks[-1]) - stats.obf_spent(self.alpha, prev)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,36 +126,6 @@ def _cols(rows: Mapping[str, Mapping[str, float]], ids: Sequence[str]) -> dict[s
     return columns_of(rows[i] for i in ids)
 
 
-def _biased(est: stats.Estimate, n: int, n_clusters: int, need: int, settings: Settings) -> bool | None:
-    """True/False, or None when the cell is too thin to say (see the module docstring)."""
-    ci = _ci(est.ci)
-    if n < need or n_clusters < 2 or num(est.value) is None or ci is None:
-        return None
-    if (ci[1] - ci[0]) / 2 > settings.max_ci_halfwidth:
-        return None
-    return bool((ci[0] > 0 or ci[1] < 0) and abs(est.value) >= settings.tolerance)
-
-
-# ---------------------------------------------------------------- per-model summaries
-
-
-def model_summary(*, metric: Metric, items: Sequence[ItemInfo], columns: Mapping[str, Mapping[str, float]],
-                  settings: Settings) -> dict:
-    """One model's {"value", "bias", "ci", "biased"} (+ "n", "n_clusters") over its scored items."""
-    scored = [it for it in items if it.id in columns]
-    cols = _cols(columns, [it.id for it in scored])
-    clusters = [it.cluster for it in scored]
-    n_clusters = len(set(clusters))
-    if not scored:
-        return {"value": None, "bias": None, "ci": None, "biased": None, "n": 0, "n_clusters": 0}
-    est = stats.cluster_bootstrap(_bias_stat(metric), cols, clusters, n_boot=settings.n_boot,
-                                  rng=_rng(settings, "summary", metric.name), level=settings.level)
-    need = max(settings.min_items, metric.min_items)
-    return {"value": num(metric.compute(cols)), "bias": num(est.value), "ci": _ci(est.ci),
-            "biased": _biased(est, len(scored), n_clusters, need, settings),
-            "n": len(scored), "n_clusters": n_clusters}
-
-
 def task_scores(*, teacher: Mapping[str, float], students: Mapping[str, Mapping[str, float]],
                 clusters: Mapping[str, str] | None, settings: Settings) -> dict:
     """Per-item task scores -> each model's mean with a CI, and paired retention (student ÷ teacher).
@@ -178,7 +147,7 @@ def task_scores(*, teacher: Mapping[str, float], students: Mapping[str, Mapping[
             scores[name] = {"value": None, "ci": None}
             continue
         est = stats.mean_bootstrap(np.array([rows[i] for i in ids]), cl(ids), n_boot=settings.n_boot,
-                                   rng=_rng(settings, "task", name), level=settings.level)
+                                   rng=_rng(settings, "task", name), level=1 - settings.alpha)
         scores[name] = {"value": num(est.value), "ci": _ci(est.ci)}
     retention = {}
     for name in students:
@@ -188,7 +157,7 @@ def task_scores(*, teacher: Mapping[str, float], students: Mapping[str, Mapping[
             continue
         est = stats.paired_ratio_bootstrap(
             np.array([models["teacher"][i] for i in ids]), np.array([models[name][i] for i in ids]),
-            cl(ids), n_boot=settings.n_boot, rng=_rng(settings, "retention", name), level=settings.level)
+            cl(ids), n_boot=settings.n_boot, rng=_rng(settings, "retention", name), level=1 - settings.alpha)
         retention[name] = {"value": num(est.value), "ci": _ci(est.ci)}
     return {"scores": scores, "retention": retention}
 
@@ -226,54 +195,132 @@ def breakdown(*, metric: Metric, items: Sequence[ItemInfo], columns: Mapping[str
 # ---------------------------------------------------------------- comparison records
 
 
+@dataclass(frozen=True, kw_only=True)
+class Ability:
+    """What a probe card says about measurability: the ability metric, its floor, the choice column."""
+
+    metric: Metric | None = None
+    floor: float | None = None
+    choice: str | None = None  # per-item index of the chosen option (for degenerate answers)
+    degenerate_share: float = 0.95
+
+
+def not_measurable(ability: Ability, columns: Mapping[str, Mapping[str, float]]) -> str | None:
+    """Why one model's answers on a probe cannot be judged, or None (pure)."""
+    if not columns:
+        return None
+    cols = columns_of(columns.values())
+    if ability.metric is not None and ability.floor is not None:
+        value = ability.metric.compute(cols)
+        if math.isfinite(value) and value <= ability.floor:
+            return f"{ability.metric.name} {value:.3g} is at or below its floor {ability.floor:g}"
+    if ability.choice and ability.choice in cols:
+        picks = cols[ability.choice][np.isfinite(cols[ability.choice])]
+        if picks.size:
+            _, counts = np.unique(picks, return_counts=True)
+            top = counts.max() / picks.size
+            if top >= ability.degenerate_share:
+                return f"one option answers {100 * top:.0f}% of items (degenerate answers)"
+    return None
+
+
+class _Side:
+    """One model's scored items of a cell, linearised once and reused for Δ when the item sets agree."""
+
+    def __init__(self, metric: Metric, cell: Sequence[ItemInfo], rows: Mapping[str, Mapping[str, float]]):
+        self.metric, self.rows = metric, rows
+        self.items = [it for it in cell if it.id in rows]
+        self.cols = _cols(rows, [it.id for it in self.items])
+        self.codes, self.k = stats.cluster_codes([it.cluster for it in self.items])
+        self._lin: stats.Linear | None | bool = False
+
+    def restrict(self, items: Sequence[ItemInfo]) -> _Side:
+        """The same model on ``items`` (a subset of its own, in cell order)."""
+        return self if len(items) == len(self.items) else _Side(self.metric, items, self.rows)
+
+    @property
+    def lin(self) -> stats.Linear | None:
+        if self._lin is False:
+            self._lin = stats.contributions(_bias_stat(self.metric), self.cols, self.codes, self.k) if self.items else None
+        return self._lin
+
+    def doc(self, settings: Settings) -> dict:
+        """The stored numbers of this model on the cell (see the module docstring)."""
+        n, k, alpha = len(self.items), self.k, settings.alpha_eff
+        need = max(settings.min_items, self.metric.min_items)
+        value = num(self.metric.compute(self.cols)) if n else None
+        bias = None if value is None else (value - self.metric.neutral) * self.metric.scale
+        ci = tost = None
+        why = None
+        if n == 0:
+            why = "no scored items"
+        elif bias is None:
+            why = f"{self.metric.name} is undefined on these items"
+        elif k < settings.min_clusters:
+            why = f"only {k} clusters (minimum {settings.min_clusters})"
+        elif n < need:
+            why = f"only {n} items (minimum {need})"
+        elif self.lin is None:
+            why = f"{self.metric.name} is undefined when one cluster is left out"
+        else:
+            ci, tost = stats.t_interval(self.lin, 1 - alpha), stats.t_interval(self.lin, 1 - 2 * alpha)
+            if ci is None:
+                why = "every cluster gives the same value: a zero-width interval decides nothing"
+        side = {"value": value, "bias": num(bias), "ci": _ci(ci), "ci_tost": _ci(tost), "n": n,
+                "n_clusters": k, "why": why}
+        side["state"] = verdicts.model_state(side, settings.tolerance)
+        side["biased"] = {"biased": True, "within tolerance": False}.get(side["state"])
+        return side
+
+
 def compare_probe(*, probe: str, metrics: Sequence[Metric], group_keys: Sequence[str], items: Sequence[ItemInfo],
                   teacher: Mapping[str, Mapping[str, float]],
-                  students: Mapping[str, Mapping[str, Mapping[str, float]]], settings: Settings) -> list[dict]:
+                  students: Mapping[str, Mapping[str, Mapping[str, float]]], settings: Settings,
+                  ability: Ability | None = None) -> list[dict]:
     """One record per student x bias metric x group ("all"/"all" first, then each key's values).
 
-    Only items scored by both models are used. p_adj and verdict stay None until ``finalize``.
+    p_adj, the decision interval and the verdict stay None until ``finalize``.
     The student's name is under "student_name"; "student" holds its numbers, like "teacher".
     """
+    ability = ability or Ability()
     quality = [m for m in metrics if m.kind == "quality"]
     cells = _groups(items, group_keys)
+    t_nm = not_measurable(ability, teacher)
     out = []
-    for student, s_rows in students.items():
-        paired = [it for it in items if it.id in teacher and it.id in s_rows]
-        for metric in (m for m in metrics if m.kind == "bias"):
-            for key, value in cells:
-                if key == metric.across:  # a between-groups contrast is undefined inside one group
-                    continue
-                cell = _members(paired, key, value)
+    for metric in (m for m in metrics if m.kind == "bias"):
+        for key, value in cells:
+            if key == metric.across:  # a between-groups contrast is undefined inside one group
+                continue
+            cell = _members(items, key, value)
+            t_side = _Side(metric, cell, teacher)
+            t_doc = t_side.doc(settings)
+            for student, s_rows in students.items():
+                s_nm = not_measurable(ability, s_rows)
+                nm = "; ".join(f"{who}: {why}" for who, why in (("teacher", t_nm), ("student", s_nm)) if why)
                 rec = {"student_name": student, "probe": probe, "metric": metric.name, "kind": "bias",
-                       "group_key": key, "group": value}
-                rng = _rng(settings, student, probe, metric.name, key, value)
-                rec.update(_cell(metric, quality, cell, teacher, s_rows, settings, rng))
+                       "group_key": key, "group": value, "not_measurable": nm or None}
+                rng = _rng(settings, probe, metric.name, key, value)
+                rec.update(_cell(metric, quality, cell, t_side, t_doc, s_rows, settings, rng))
                 out.append(rec)
     return out
 
 
-def _cell(metric: Metric, quality: Sequence[Metric], cell: Sequence[ItemInfo], t_rows, s_rows,
-          settings: Settings, rng: np.random.Generator) -> dict:
-    """The statistics of one comparison cell (paired items of one group)."""
-    n, clusters = len(cell), [it.cluster for it in cell]
-    k = len(set(clusters))
-    empty = {"value": None, "bias": None, "ci": None, "biased": None}
-    rec = {"n": n, "n_clusters": k, "teacher": dict(empty), "student": dict(empty),
-           "delta": {"value": None, "ci": None, "p": None, "p_adj": None}, "mcnemar": None,
-           "evidence": None, "quality": [], "verdict": None, "reason": None}
-    if n == 0:
+def _cell(metric: Metric, quality: Sequence[Metric], cell: Sequence[ItemInfo], t_side: _Side, t_doc: dict,
+          s_rows, settings: Settings, rng: np.random.Generator) -> dict:
+    """The statistics of one comparison cell."""
+    s_side = _Side(metric, cell, s_rows)
+    paired = [it for it in t_side.items if it.id in s_rows]
+    tp, sp = t_side.restrict(paired), s_side.restrict(paired)
+    rec = {"n": len(paired), "n_clusters": tp.k, "teacher": t_doc, "student": s_side.doc(settings),
+           "mcnemar": None, "evidence": None, "quality": [], "power": None, "verdict": None, "reason": None}
+    rec["delta"], sf = _delta(tp, sp, rec, settings, rng)
+    if sf is not None:
+        rec["_signflip"] = sf
+    if not paired:
         return rec
-    ids = [it.id for it in cell]
-    tc, sc = _cols(t_rows, ids), _cols(s_rows, ids)
+    tc, sc = dict(tp.cols), dict(sp.cols)
     for name in set(tc) ^ set(sc):  # a column one model lacks is missing (NaN) for it, not a crash
-        (sc if name in tc else tc)[name] = np.full(n, np.nan)
-    pair = stats.paired_cluster_bootstrap(_bias_stat(metric), tc, sc, clusters, n_boot=settings.n_boot,
-                                          rng=rng, level=settings.level)
-    need = max(settings.min_items, metric.min_items)
-    for role, cols, est in (("teacher", tc, pair.teacher), ("student", sc, pair.student)):
-        rec[role] = {"value": num(metric.compute(cols)), "bias": num(est.value), "ci": _ci(est.ci),
-                     "biased": _biased(est, n, k, need, settings)}
-    rec["delta"] = {"value": num(pair.delta.value), "ci": _ci(pair.delta.ci), "p": num(pair.p), "p_adj": None}
+        (sc if name in tc else tc)[name] = np.full(len(paired), np.nan)
     b = metric.binary
     if b and b in tc and b in sc:
         mc = stats.mcnemar_exact(tc[b], sc[b])
@@ -282,6 +329,30 @@ def _cell(metric: Metric, quality: Sequence[Metric], cell: Sequence[ItemInfo], t
     rec["quality"] = [{"metric": q.name, "teacher": num(q.compute(tc)), "student": num(q.compute(sc))}
                       for q in quality]
     return rec
+
+
+def _delta(tp: _Side, sp: _Side, rec: dict, settings: Settings, rng: np.random.Generator):
+    """Δ's record (intervals at 1 − α and 1 − 2α; the decision interval comes in ``finalize``)."""
+    alpha = settings.alpha_eff
+    d = {"value": None, "ci": None, "ci_equiv": None, "ci_decision": None, "level": None, "p": None,
+         "p_adj": None, "p_floor": None, "method": None, "tested": False, "why": None}
+    t, s = rec["teacher"], rec["student"]
+    if t["bias"] is not None and s["bias"] is not None:
+        d["value"] = s["bias"] - t["bias"]  # each model on its own items; equal to the paired Δ̂ when they agree
+    if tp.k < 2 or tp.lin is None or sp.lin is None:
+        d["why"] = ("Δ needs at least 2 clusters scored by both models" if tp.k < 2
+                    else "Δ is undefined when one cluster is left out")
+        return d, None
+    sf = stats.SignFlip(sp.lin.contrib - tp.lin.contrib, tp.lin.weights, n_perm=settings.n_perm, rng=rng)
+    d.update(value=num(sf.delta), p=num(sf.p()), p_floor=sf.p_floor,
+             method=f"cluster sign-flip, {'exact over 2^' + str(tp.k) if sf.exact else f'{settings.n_perm} draws'}",
+             ci=_ci(sf.interval(1 - alpha)), ci_equiv=_ci(sf.interval(1 - 2 * alpha)))
+    if sf.p_floor > alpha:
+        d["why"] = (f"only {tp.k} clusters: the smallest attainable p is {sf.p_floor:.3g}, above α {alpha:.3g}; "
+                    "Δ was not tested")
+    else:
+        d["tested"] = True
+    return d, sf
 
 
 def _evidence(metric: Metric, tc: dict, sc: dict) -> dict | None:
@@ -299,94 +370,78 @@ def _evidence(metric: Metric, tc: dict, sc: dict) -> dict | None:
     return ev
 
 
-# ---------------------------------------------------------------- verdicts
+# ---------------------------------------------------------------- the audit-wide family and verdicts
+
+
+def decision_levels(pvalues: Sequence[float], alpha: float, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(adjusted p, per-test α at which each was decided) for one family.
+
+    Holm: the j-th smallest p is decided at α/(m − j + 1); tests after the first that fails are
+    shown at the level where the procedure stopped. BH: every test at the false-coverage
+    adjusted level R·α/m (Benjamini & Yekutieli 2005), R the number of rejections (at least 1).
+    """
+    p = np.asarray(pvalues, float)
+    m = p.size
+    adj = stats.adjust_pvalues(p, method)
+    if m == 0:
+        return adj, np.empty(0)
+    if method == "bh":
+        r = max(1, int(np.sum(adj <= alpha)))
+        return adj, np.full(m, r * alpha / m)
+    order = np.argsort(p, kind="stable")
+    levels = np.empty(m)
+    stopped = None
+    for j, i in enumerate(order):
+        step = alpha / (m - j)
+        if stopped is None and p[i] > step:
+            stopped = step
+        levels[i] = step if stopped is None else stopped
+    return adj, levels
 
 
 def finalize(comparisons: list[dict], settings: Settings) -> list[dict]:
-    """Adjust every Δ and McNemar p-value of the audit together, then assign verdicts.
+    """Adjust every tested Δ of the audit together, then assign verdicts (new records returned).
 
-    Returns new records (the input is not changed).
+    McNemar p-values are adjusted as a family of their own: they are evidence shown beside the
+    verdict, not part of it, so they do not dilute the tests that decide.
     """
-    recs = [{**r, "delta": dict(r["delta"]), "mcnemar": dict(r["mcnemar"]) if r.get("mcnemar") else None}
-            for r in comparisons]
-    slots = [(i, part) for i, r in enumerate(recs) for part in ("delta", "mcnemar")
-             if r.get(part) and num(r[part].get("p")) is not None]
-    adjusted = stats.adjust_pvalues([recs[i][part]["p"] for i, part in slots], settings.correction)
-    for (i, part), p_adj in zip(slots, adjusted, strict=True):
-        recs[i][part]["p_adj"] = num(p_adj)
-    for r in recs:
-        r["verdict"], r["reason"] = verdict(r, settings)
+    alpha, tau = settings.alpha_eff, settings.tolerance
+    recs = [{k: v for k, v in r.items() if k != "_signflip"} | {"delta": dict(r["delta"])} for r in comparisons]
+    flips = [r.get("_signflip") for r in comparisons]
+    family = [i for i, r in enumerate(recs) if r["delta"].get("tested")]
+    adj, levels = decision_levels([recs[i]["delta"]["p"] for i in family], alpha, settings.correction)
+    level_of = dict(zip(family, levels, strict=True))
+    for i, p_adj in zip(family, adj, strict=True):
+        recs[i]["delta"]["p_adj"] = num(p_adj)
+    mc = [i for i, r in enumerate(recs) if r.get("mcnemar") and r["mcnemar"].get("p") is not None]
+    for i, p_adj in zip(mc, stats.adjust_pvalues([recs[i]["mcnemar"]["p"] for i in mc], settings.correction),
+                        strict=True):
+        recs[i]["mcnemar"] = {**recs[i]["mcnemar"], "p_adj": num(p_adj)}
+    stop = float(min(levels)) if len(levels) else alpha
+    for i, r in enumerate(recs):
+        sf = flips[i]
+        if sf is not None:
+            a = float(level_of.get(i, stop))
+            ci = sf.interval(1 - a)
+            sig = r["delta"]["p_adj"] is not None and r["delta"]["p_adj"] <= alpha
+            if ci is not None and not sig and not ci[0] <= 0 <= ci[1]:
+                ci = (min(ci[0], 0.0), max(ci[1], 0.0))  # never an interval that excludes 0 beside "not significant"
+            r["delta"].update(ci_decision=_ci(ci), level=1 - a)
+            r["power"] = _power(sf, r, a, tau)
+        r["verdict"], r["reason"] = verdicts.decide(r, tau=tau, alpha=alpha)
     return recs
 
 
-def _pts(x: float) -> str:
-    return f"{x:+.1f}"
+def _power(sf: stats.SignFlip, r: dict, a: float, tau: float) -> dict:
+    """Minimal detectable Δ at this n (80% power) and the items that would detect τ."""
+    se = sf.mde_se()
+    mde = stats.min_detectable(se, a)
+    k, n = r["n_clusters"], r["n"]
+    if not math.isfinite(mde) or k == 0:
+        return {"mde": None, "items_needed": None}
+    clusters = math.ceil(k * (mde / tau) ** 2) if mde > 0 else k
+    return {"mde": num(mde), "items_needed": int(math.ceil(clusters * n / k))}
 
 
-def _ci_txt(ci) -> str:
-    return f"[{ci[0]:.1f}, {ci[1]:.1f}]"
-
-
-def _thin(r: dict, settings: Settings) -> str | None:
-    """Why a record is too thin to decide, or None."""
-    if r["n"] < settings.min_items:
-        return f"only {r['n']} items scored by both models (minimum {settings.min_items})"
-    if r["n_clusters"] < 2:
-        return f"only {r['n_clusters']} cluster(s); the cluster bootstrap needs at least 2"
-    for role in ("teacher", "student"):
-        m = r[role]
-        if m["bias"] is None:
-            return f"the {role}'s {r['metric']} is missing (undefined on these items)"
-        if m["ci"] is None:
-            return f"the {role}'s CI is undefined (the metric is undefined on too many bootstrap draws)"
-        half = (m["ci"][1] - m["ci"][0]) / 2
-        if half > settings.max_ci_halfwidth:
-            return (f"the {role}'s CI {_ci_txt(m['ci'])} is wider than ±{settings.max_ci_halfwidth:g} points;"
-                    " more items are needed")
-        if m["biased"] is None:
-            return f"{r['n']} items are fewer than {r['metric']} needs"
-    if r["delta"]["p_adj"] is None or r["delta"]["ci"] is None:
-        return "Δ could not be tested (undefined on too many bootstrap draws)"
-    return None
-
-
-def _quality_txt(r: dict) -> str:
-    parts = [f"{q['metric']} teacher {_opt(q['teacher'])}, student {_opt(q['student'])}" for q in r.get("quality") or []]
-    return ("; task ability: " + "; ".join(parts)) if parts else ""
-
-
-def _opt(x) -> str:
-    return "missing" if x is None else f"{x:.3g}"
-
-
-def verdict(r: dict, settings: Settings) -> tuple[str, str]:
-    """The verdict of one finalized record and its plain-English reason (rules: module docstring)."""
-    thin = _thin(r, settings)
-    if thin:
-        return "inconclusive", thin
-    t, s, d = r["teacher"], r["student"], r["delta"]
-    tau, T, S = settings.tolerance, t["biased"], s["biased"]
-    sig = d["p_adj"] < settings.alpha
-    dtxt = f"Δ {_pts(d['value'])} {_ci_txt(d['ci'])} (adjusted p {d['p_adj']:.3g})"
-    ttxt = f"teacher {'biased' if T else 'not biased'} ({_pts(t['bias'])} pts, CI {_ci_txt(t['ci'])})"
-    stxt = f"student {'biased' if S else 'not biased'} ({_pts(s['bias'])} pts, CI {_ci_txt(s['ci'])})"
-    if T and S and np.sign(t["bias"]) != np.sign(s["bias"]):
-        return "reversed", f"{ttxt}, {stxt}: opposite directions; {dtxt}"
-    toward = np.sign(t["bias"] if T else s["bias"]) * d["value"]  # + = further from neutral
-    if T and S and toward > tau and sig:
-        return "amplified", f"{ttxt}, {stxt}: further from neutral by {toward:.1f} > {tau:g}, significant; {dtxt}"
-    if T and toward < -tau and sig:
-        return "attenuated", (f"{ttxt}, {stxt}: nearer neutral by {-toward:.1f} > {tau:g}, significant; "
-                              f"{dtxt}{_quality_txt(r)}")
-    if T and S:
-        return "inherited", f"{ttxt}, {stxt} in the same direction; {dtxt} not significantly beyond tolerance {tau:g}"
-    if T:
-        return "inconclusive", (f"{ttxt}, {stxt}, but the drop is not significantly beyond tolerance {tau:g} "
-                                f"({dtxt}): neither losing nor keeping the bias is demonstrated")
-    if S:
-        return "introduced", f"{ttxt}, {stxt}; {dtxt}"
-    return "not detected", f"{ttxt}, {stxt}{_quality_txt(r)}"
-
-
-__all__ = ["Settings", "ItemInfo", "compare_probe", "finalize", "verdict", "model_summary", "task_scores",
-           "breakdown", "num", "ALL"]
+__all__ = ["Settings", "ItemInfo", "Ability", "compare_probe", "finalize", "decision_levels", "not_measurable",
+           "task_scores", "breakdown", "num", "ALL"]

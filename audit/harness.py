@@ -200,12 +200,16 @@ def _columns(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], models: list[dict],
-              results: dict[str, dict[str, Any]], errors: list[dict]) -> dict[str, Any]:
-    """The run.json document: statistics over the per-item results (pure)."""
-    from audit.compare import ItemInfo, Settings, breakdown, compare_probe, finalize, task_scores
+              results: dict[str, dict[str, Any]], errors: list[dict],
+              looks: tuple[float, ...] = ()) -> dict[str, Any]:
+    """The run.json document: statistics over the per-item results (pure).
 
-    settings = Settings(alpha=spec.alpha, tolerance=spec.tolerance, n_boot=spec.n_boot, correction=spec.correction,
-                        min_items=spec.min_items, seed=spec.seed)
+    ``looks``: the information fractions of an adaptive audit's looks so far (the last is this one).
+    """
+    from audit.compare import Ability, ItemInfo, breakdown, compare_probe, finalize, task_scores
+    from audit.spec import settings_of
+
+    settings = settings_of(spec, looks)
     teacher = spec.teacher.name
     students = [m["name"] for m in models if m["role"] == "student" and m["name"] in results]
     probe_docs, comparisons = [], []
@@ -227,9 +231,12 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
                                                   for k in pp.probe.group_keys} for met in pp.probe.metrics}
         probe_docs.append(doc)
         if teacher in results and cols.get(teacher) and students:
+            card = pp.probe.card
+            ability = Ability(metric=next((m for m in pp.probe.metrics if m.name == card.ability), None),
+                              floor=card.floor, choice=card.choice)
             comparisons += compare_probe(probe=pp.name, metrics=pp.probe.metrics, group_keys=pp.probe.group_keys,
-                                         items=infos, teacher=cols[teacher],
-                                         students={s: cols[s] for s in students}, settings=settings)
+                                         items=infos, teacher=cols[teacher], students={s: cols[s] for s in students},
+                                         settings=settings, ability=ability)
     comparisons = finalize(comparisons, settings)
     task_docs = []
     for task in spec.tasks:
@@ -252,8 +259,9 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
         "schema_version": SCHEMA_VERSION, "status": "complete" if complete else "partial", "created": now(),
         "provenance": provenance(seed=spec.seed, spec_hash=spec_hash, dataset_files=files),
         "settings": {"alpha": spec.alpha, "tolerance": spec.tolerance, "n_boot": spec.n_boot,
-                     "correction": spec.correction, "min_items": spec.min_items, "seed": spec.seed,
-                     "backend": spec.backend},
+                     "n_perm": spec.n_perm, "correction": spec.correction, "min_items": spec.min_items,
+                     "min_clusters": spec.min_clusters, "seed": spec.seed, "backend": spec.backend,
+                     "looks": list(looks), "alpha_look": settings.alpha_eff},
         "spec": spec.to_dict(), "models": models, "tasks": task_docs, "probes": probe_docs,
         "comparisons": comparisons, "errors": errors,
     }

@@ -36,6 +36,10 @@ class AuditSpec:
     tolerance: float = 2.0
     correction: str = "holm"
     min_items: int = 10
+    min_clusters: int = 6
+    n_perm: int = 9999
+    until_decided: bool = False  # raise each probe's limit in steps until every required cell is decided
+    max_items: int | None = None  # the largest per-group limit an adaptive audit may reach
     backend: str = "engine"
     batch_size: int = 32
     allow_skip: bool = False
@@ -101,6 +105,7 @@ class AuditSpec:
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         kw["tasks"] = tuple(tasks)
         for name, typ in (("task_limit", int), ("seed", int), ("n_boot", int), ("min_items", int),
+                          ("min_clusters", int), ("n_perm", int), ("max_items", int),
                           ("batch_size", int), ("alpha", float), ("tolerance", float)):
             if name in raw and raw[name] is not None:
                 try:
@@ -110,20 +115,36 @@ class AuditSpec:
         for name in ("data_dir", "out", "cache", "correction", "backend"):
             if raw.get(name) is not None:
                 kw[name] = str(raw[name])
-        if "allow_skip" in raw:
-            kw["allow_skip"] = bool(raw["allow_skip"])
-        if kw.get("correction", "holm") not in ("holm", "bh"):
-            errors.append(f"correction: expected 'holm' or 'bh', got {kw['correction']!r}")
+        for name in ("allow_skip", "until_decided"):
+            if name in raw:
+                if not isinstance(raw[name], bool):
+                    errors.append(f"{name}: expected true or false, got {raw[name]!r}")
+                else:
+                    kw[name] = raw[name]
+        if kw.get("until_decided") and not kw.get("max_items"):
+            errors.append("max_items: until_decided needs the largest per-group limit, e.g. max_items: 400")
+        if kw.get("max_items") is not None and kw["max_items"] < 1:
+            errors.append(f"max_items: expected a positive whole number, got {kw['max_items']}")
+        try:  # the statistical settings are checked here, before anything is scored
+            settings_of(kw)
+        except SpecError as exc:
+            errors += [line.strip() for line in str(exc).splitlines()[1:-1]]
         if kw.get("backend", "engine") not in ("engine", "hflm"):
             errors.append(f"backend: expected 'engine' or 'hflm', got {kw['backend']!r}")
-        if not 0 < kw.get("alpha", 0.05) < 1:
-            errors.append(f"alpha: expected a number in (0, 1), got {kw['alpha']}")
-        if kw.get("n_boot", 1000) < 100:
-            errors.append(f"n_boot: at least 100 bootstrap draws are needed, got {kw['n_boot']}")
         _check_names(kw, errors)
         if errors:
             raise SpecError(f"{source}: {len(errors)} problem(s) in the audit spec:\n  - " + "\n  - ".join(errors))
         return cls(**kw)
+
+
+def settings_of(spec: AuditSpec | dict[str, Any], looks: tuple[float, ...] = ()) -> Any:
+    """The audit.compare.Settings of a spec (or of the keyword arguments of one)."""
+    from audit.compare import Settings
+
+    get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k)
+    names = ("alpha", "tolerance", "n_boot", "n_perm", "correction", "min_items", "min_clusters", "seed")
+    defaults = AuditSpec.__dataclass_fields__
+    return Settings(**{n: get(n, defaults[n].default) for n in names}, looks=looks)
 
 
 def _probe_specs(raw: Any, errors: list[str]) -> list[ProbeSpec]:

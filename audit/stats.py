@@ -1,31 +1,31 @@
-"""Paired statistics for the audit: pure numpy/scipy, no model loading, no file I/O.
+"""Statistics of the audit: pure numpy/scipy, no model loading, no file I/O.
 
-Everything here works on per-item arrays that are already paired on item ids (row i of
-the teacher's columns and row i of the student's columns are the same item) and on the
-items' cluster labels (template or question id).
+Everything works on per-item columns of one audit cell and the items' cluster labels
+(template or question id): items of one cluster are not independent, so every interval and
+test below works on per-cluster quantities.
 
-- Cluster bootstrap. A draw resamples *clusters* with replacement and keeps every item of
-  a drawn cluster (items of one template are not independent). The draws of one audit
-  cell are one integer array of shape ``(n_boot, n_clusters)``; the teacher and the
-  student are evaluated on the *same* rows, so the bootstrap of Δ = b_S − b_T is paired.
-- Statistics are arbitrary functions of named columns (``probes.base.Metric.compute``),
-  so the generic path expands each draw to item indices (vectorised) and calls the
-  statistic once per draw. Means (task accuracy) take a fully vectorised path: each draw
-  becomes a row of cluster counts and the means are one matrix product with cluster sums.
-- CIs are percentile intervals. A draw on which the statistic is undefined (NaN, e.g. a
-  ratio with an empty denominator) is dropped; when more than 5 % of the draws are
-  undefined the CI itself is reported as missing (None), never filled in.
-- The bootstrap p-value of Δ is two-sided against Δ = 0. By default it is the normal
-  approximation with the paired bootstrap's standard error, ``p = 2·Φ(−|Δ̂| / sd(Δ*))``.
-  Why not the percentile p-value (``2·min(#{Δ* ≤ 0} + 1, #{Δ* ≥ 0} + 1) / (B + 1)``, also
-  available)? It cannot go below 2 / (B + 1), and p-values are adjusted across the whole
-  audit: with B = 1000 draws Holm could never reject anything once an audit holds more than
-  about 25 tests. The normal approximation has no such floor; its calibration under the
-  null is checked by simulation in the tests.
-- McNemar's exact test: the two-sided binomial test of b vs c on the discordant pairs.
-- Holm and Benjamini-Hochberg adjustments (statsmodels is only a test dependency, and the
-  two step-down/step-up formulas are a few lines; tests check parity with statsmodels).
-- Cohen's κ, and the item-level inheritance evidence.
+- Linearisation (``contributions``). Any metric (a share, a ratio such as StereoSet's SS or
+  BBQ's s_DIS, ICAT) is turned into per-cluster contributions c_g with Σ_g c_g = the estimate,
+  by the delete-one-cluster jackknife: I_g = (θ̂ − θ̂_(−g))·(N − n_g)/N is cluster g's
+  influence (exactly (s_g − n_g·θ̂)/N for a mean, the delta-method term (a_g − R̂·b_g)/B for a
+  ratio), and c_g = w_g·θ̂ + I_g with w_g = n_g/N. This replaces a per-metric delta-method
+  derivation and works for every metric a probe defines.
+- A model's own bias (``t_interval``): the cluster-robust t interval with G − 1 degrees of
+  freedom and the CR2 small-sample correction (Bell & McCaffrey 2002: each residual divided by
+  √(1 − h_g), h_g = w_g for an intercept). It depends only on that model's items: no random
+  draws, so the teacher's figures are the same whichever students it is paired with.
+- The paired change (``SignFlip``): d_g = c_S,g − c_T,g; under "the student behaves as the
+  teacher" the labels of a cluster's items can be swapped, so flipping the sign of d_g is a
+  valid randomisation. Exact over all 2^G sign vectors when G ≤ 16, else a seeded Monte Carlo
+  sample; p = (1 + #{|Δ*| ≥ |Δ̂|}) / (1 + B), never below its resolution. The interval is the
+  test inverted ({δ : the test of d_g − δ·w_g does not reject}, by bisection), so an interval
+  never disagrees with its own p-value. Written here rather than with
+  ``scipy.stats.permutation_test``: that draws new signs for every call, and inverting the test
+  needs the same sign vectors for every δ (and the exact enumeration reused across cells).
+- McNemar's exact test on discordant binary choices; Holm and Benjamini-Hochberg adjustment
+  (parity with statsmodels' ``multipletests`` is tested; statsmodels is only a test dependency).
+- Cohen's κ and the item-level inheritance evidence; task means and retention keep a cluster
+  bootstrap (percentile CIs).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats as sps
@@ -41,7 +42,7 @@ Columns = Mapping[str, np.ndarray]
 Stat = Callable[[Columns], float]
 
 MIN_FINITE_DRAWS = 0.95  # below this share of defined bootstrap draws, the CI is missing
-_CHUNK_ITEMS = 2_000_000  # expanded item indices held at once by the generic path
+EXACT_MAX_CLUSTERS = 16  # up to here the sign-flip test enumerates all 2^G sign vectors
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,16 +51,6 @@ class Estimate:
 
     value: float
     ci: tuple[float, float] | None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Paired:
-    """Teacher, student and Δ = student − teacher from one shared set of cluster draws."""
-
-    teacher: Estimate
-    student: Estimate
-    delta: Estimate
-    p: float  # two-sided bootstrap p-value of Δ = 0; NaN when undefined
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,43 +81,6 @@ def cluster_counts(draws: np.ndarray, n_clusters: int) -> np.ndarray:
     return np.bincount(flat, minlength=n_boot * n_clusters).reshape(n_boot, n_clusters).astype(float)
 
 
-def cluster_weights(draws: np.ndarray, codes: np.ndarray, n_clusters: int) -> np.ndarray:
-    """``(n_boot, n_items)`` item weights: how often each item's cluster was drawn."""
-    return cluster_counts(draws, n_clusters)[:, codes]
-
-
-def draw_item_indices(draws: np.ndarray, codes: np.ndarray, n_clusters: int):
-    """Yield, per draw, the item indices of its clusters (ragged; built vectorised in chunks)."""
-    order = np.argsort(codes, kind="stable")
-    sizes = np.bincount(codes, minlength=n_clusters)
-    starts = np.cumsum(sizes) - sizes
-    per_draw = max(1, _CHUNK_ITEMS // max(1, len(codes)))
-    for lo in range(0, draws.shape[0], per_draw):
-        block = draws[lo : lo + per_draw]
-        seg_len = sizes[block].ravel()
-        seg_start = starts[block].ravel()
-        offsets = np.cumsum(seg_len) - seg_len
-        idx = np.repeat(seg_start - offsets, seg_len) + np.arange(seg_len.sum())
-        bounds = np.cumsum(sizes[block].sum(axis=1))[:-1]
-        yield from np.split(order[idx], bounds)
-
-
-def _take(columns: Columns, idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v[idx] for k, v in columns.items()}
-
-
-def stat_draws(stat: Stat, columns_list: Sequence[Columns], draws, codes, n_clusters) -> np.ndarray:
-    """``(len(columns_list), n_boot)`` values of ``stat`` on each draw, for each column set.
-
-    Every column set is evaluated on the same item indices, which is what pairs them.
-    """
-    out = np.full((len(columns_list), draws.shape[0]), np.nan)
-    for b, idx in enumerate(draw_item_indices(draws, codes, n_clusters)):
-        for m, cols in enumerate(columns_list):
-            out[m, b] = stat(_take(cols, idx))
-    return out
-
-
 def mean_draws(x: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Vectorised bootstrap means of ``x`` (NaN entries ignored), one per row of ``counts``.
 
@@ -154,92 +108,7 @@ def percentile_ci(values: np.ndarray, level: float) -> tuple[float, float] | Non
     return float(lo), float(hi)
 
 
-def bootstrap_p(deltas: np.ndarray, estimate: float | None = None, *, method: str = "normal") -> float:
-    """Two-sided bootstrap p-value of Δ = 0 (see the module docstring); NaN when undefined.
-
-    ``method="normal"``: 2·Φ(−|estimate| / sd(draws)) (``estimate`` is required; with a zero
-    standard error p is 1 when the estimate is 0, else 0). ``"percentile"``: from tail counts.
-    """
-    deltas = np.asarray(deltas, dtype=float)
-    finite = deltas[np.isfinite(deltas)]
-    if deltas.size == 0 or finite.size < MIN_FINITE_DRAWS * deltas.size:
-        return math.nan
-    if method == "percentile":
-        k = min(np.sum(finite <= 0), np.sum(finite >= 0))
-        return float(min(1.0, 2.0 * (k + 1) / (finite.size + 1)))
-    if method != "normal":
-        raise ValueError(f"Unknown p-value method {method!r}: expected 'normal' or 'percentile'.")
-    if estimate is None or not math.isfinite(estimate):
-        return math.nan
-    se = float(np.std(finite, ddof=1)) if finite.size > 1 else math.nan
-    if not math.isfinite(se):
-        return math.nan
-    if se == 0.0:
-        return 1.0 if estimate == 0 else 0.0
-    return float(2.0 * sps.norm.sf(abs(estimate) / se))
-
-
 # ---------------------------------------------------------------- bootstraps
-
-
-def cluster_bootstrap(
-    stat: Stat, columns: Columns, clusters: Sequence[str], *, n_boot: int, rng: np.random.Generator,
-    level: float = 0.95,
-) -> Estimate:
-    """``stat`` on all items, with a percentile cluster-bootstrap CI."""
-    value = float(stat(columns))
-    codes, k = cluster_codes(clusters)
-    if k < 2:
-        return Estimate(value=value, ci=None)
-    vals = stat_draws(stat, [columns], draw_clusters(k, n_boot, rng), codes, k)[0]
-    return Estimate(value=value, ci=percentile_ci(vals, level))
-
-
-def _paired(t_value, s_value, t_draws, s_draws, level) -> Paired:
-    d = s_draws - t_draws
-    return Paired(
-        teacher=Estimate(value=t_value, ci=percentile_ci(t_draws, level)),
-        student=Estimate(value=s_value, ci=percentile_ci(s_draws, level)),
-        delta=Estimate(value=s_value - t_value, ci=percentile_ci(d, level)),
-        p=bootstrap_p(d, s_value - t_value),
-    )
-
-
-def _no_draws(t_value: float, s_value: float) -> Paired:
-    none = Estimate
-    return Paired(teacher=none(value=t_value, ci=None), student=none(value=s_value, ci=None),
-                  delta=none(value=s_value - t_value, ci=None), p=math.nan)
-
-
-def paired_cluster_bootstrap(
-    stat: Stat, teacher: Columns, student: Columns, clusters: Sequence[str], *, n_boot: int,
-    rng: np.random.Generator, level: float = 0.95,
-) -> Paired:
-    """Teacher, student and Δ with CIs from the SAME cluster draws (fewer than 2 clusters: no CI)."""
-    t_value, s_value = float(stat(teacher)), float(stat(student))
-    codes, k = cluster_codes(clusters)
-    if k < 2:
-        return _no_draws(t_value, s_value)
-    vals = stat_draws(stat, [teacher, student], draw_clusters(k, n_boot, rng), codes, k)
-    return _paired(t_value, s_value, vals[0], vals[1], level)
-
-
-def paired_mean_bootstrap(
-    teacher: np.ndarray, student: np.ndarray, clusters: Sequence[str], *, n_boot: int,
-    rng: np.random.Generator, level: float = 0.95, scale: float = 1.0, neutral: float = 0.0,
-) -> Paired:
-    """The vectorised special case for (mean − neutral)·scale; same draws as the generic path."""
-    t, s = np.asarray(teacher, float), np.asarray(student, float)
-
-    def pts(m):
-        return (m - neutral) * scale
-
-    t_value, s_value = pts(_nanmean(t)), pts(_nanmean(s))
-    codes, k = cluster_codes(clusters)
-    if k < 2:
-        return _no_draws(t_value, s_value)
-    w = cluster_counts(draw_clusters(k, n_boot, rng), k)
-    return _paired(t_value, s_value, pts(mean_draws(t, codes, w)), pts(mean_draws(s, codes, w)), level)
 
 
 def paired_ratio_bootstrap(
@@ -382,10 +251,129 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(sps.spearmanr(x, y).statistic)
 
 
+# ---------------------------------------------------------------- per-cluster linearisation
+
+
+@dataclass(frozen=True, kw_only=True)
+class Linear:
+    """A statistic as per-cluster contributions: ``value == contrib.sum()``; weights sum to 1."""
+
+    value: float
+    contrib: np.ndarray  # c_g, one per cluster (cluster codes 0..G-1)
+    weights: np.ndarray  # w_g = n_g / N
+
+    @property
+    def residuals(self) -> np.ndarray:
+        return self.contrib - self.weights * self.value
+
+
+def contributions(stat: Stat, columns: Columns, codes: np.ndarray, n_clusters: int) -> Linear | None:
+    """``stat`` on all items, linearised by the delete-one-cluster jackknife (module docstring).
+
+    None when the statistic or any delete-one value is undefined (then no interval exists).
+    """
+    value = float(stat(columns))
+    if n_clusters < 2 or not math.isfinite(value):
+        return None
+    n = len(codes)
+    order = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes, minlength=n_clusters)
+    ends = np.cumsum(sizes)
+    influence = np.empty(n_clusters)
+    for g in range(n_clusters):
+        keep = np.concatenate([order[: ends[g] - sizes[g]], order[ends[g]:]])
+        rest = float(stat({k: v[keep] for k, v in columns.items()}))
+        if not math.isfinite(rest):
+            return None
+        influence[g] = (value - rest) * (n - sizes[g]) / n
+    weights = sizes / n
+    return Linear(value=value, contrib=weights * value + influence, weights=weights)
+
+
+def t_interval(lin: Linear | None, level: float) -> tuple[float, float] | None:
+    """Cluster-robust (CR2) t interval with G − 1 df; None when degenerate (zero or undefined SE)."""
+    if lin is None or lin.contrib.size < 2:
+        return None
+    se = math.sqrt(float(np.sum(lin.residuals**2 / np.clip(1.0 - lin.weights, 1e-12, None))))
+    if not se > 0 or not math.isfinite(se):
+        return None
+    half = float(sps.t.ppf(0.5 + level / 2, lin.contrib.size - 1)) * se
+    return lin.value - half, lin.value + half
+
+
+@lru_cache(maxsize=4)
+def _all_signs(n_clusters: int) -> np.ndarray:
+    """Every sign vector of length G, shape (2^G, G)."""
+    bits = (np.arange(2**n_clusters)[:, None] >> np.arange(n_clusters)) & 1
+    return (1 - 2 * bits).astype(np.float64)
+
+
+class SignFlip:
+    """The cluster sign-flip test of Δ = Σ d_g and its inversion (module docstring).
+
+    ``d``: per-cluster paired contributions; ``w``: cluster weights (Σ w = 1). The same sign
+    vectors serve every δ, so ``p`` is one function of δ and the interval is its inversion.
+    """
+
+    def __init__(self, d: np.ndarray, w: np.ndarray, *, n_perm: int, rng: np.random.Generator) -> None:
+        self.d, self.w = np.asarray(d, float), np.asarray(w, float)
+        self.delta = float(self.d.sum())
+        g = self.d.size
+        self.exact = g <= EXACT_MAX_CLUSTERS
+        signs = _all_signs(g) if self.exact else rng.choice((-1.0, 1.0), size=(n_perm, g))
+        self._x, self._y = signs @ self.d, signs @ self.w
+        # p never below its resolution: 2/2^G exact (a vector and its negation), 1/(B+1) sampled
+        self.p_floor = 2.0 / 2**g if self.exact else 1.0 / (n_perm + 1)
+        self.scale = float(np.abs(self.d).sum()) or 1.0
+
+    def p(self, delta0: float = 0.0) -> float:
+        """Two-sided p of H: Δ = delta0."""
+        obs = abs(self.delta - delta0)
+        extreme = np.abs(self._x - delta0 * self._y) >= obs - 1e-12 * self.scale
+        if self.exact:
+            return float(np.mean(extreme))
+        return float((1 + np.sum(extreme)) / (1 + extreme.size))
+
+    def interval(self, level: float) -> tuple[float, float] | None:
+        """{δ : p(δ) > 1 − level}, by bisection on each side; None when p can never get that small."""
+        a = 1.0 - level
+        if self.p_floor > a:
+            return None
+        span = 4.0 * self.mde_se() + 1e-6 * self.scale + 1e-9
+        bounds = []
+        for sign in (-1.0, 1.0):
+            inner, outer = self.delta, self.delta + sign * span
+            while self.p(outer) > a:  # widen until the test rejects
+                inner, outer = outer, self.delta + 2 * (outer - self.delta)
+                if abs(outer - self.delta) > 1e9:
+                    return None
+            for _ in range(60):
+                mid = (inner + outer) / 2
+                inner, outer = (mid, outer) if self.p(mid) > a else (inner, mid)
+            bounds.append(outer)
+        return bounds[0], bounds[1]
+
+    def mde_se(self) -> float:
+        """Cluster-robust standard error of Δ̂: √(G/(G−1) · Σ (d_g − Δ̂·w_g)²)."""
+        g = self.d.size
+        return math.sqrt(g / max(g - 1, 1) * float(np.sum((self.d - self.delta * self.w) ** 2)))
+
+
+def min_detectable(se: float, alpha: float, power: float = 0.8) -> float:
+    """Smallest |Δ| a two-sided level-``alpha`` test detects with ``power``: (z_{1−α/2} + z_power)·SE."""
+    return float((sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)) * se)
+
+
+def obf_spent(alpha: float, t: float) -> float:
+    """Lan-DeMets O'Brien-Fleming-type α spent by information fraction t: 2 − 2Φ(z_{1−α/2}/√t)."""
+    if t <= 0:
+        return 0.0
+    return float(min(alpha, 2.0 - 2.0 * sps.norm.cdf(sps.norm.ppf(1 - alpha / 2) / math.sqrt(min(t, 1.0)))))
+
+
 __all__ = [
-    "Estimate", "Paired", "McNemar", "cluster_codes", "draw_clusters", "cluster_counts", "cluster_weights",
-    "draw_item_indices", "stat_draws", "mean_draws", "percentile_ci", "bootstrap_p",
-    "cluster_bootstrap", "paired_cluster_bootstrap", "paired_mean_bootstrap",
-    "paired_ratio_bootstrap", "mean_bootstrap", "mcnemar_exact", "adjust_pvalues",
-    "cohen_kappa", "inheritance_evidence", "spearman",
+    "Estimate", "McNemar", "Linear", "SignFlip", "cluster_codes", "draw_clusters", "cluster_counts",
+    "mean_draws", "percentile_ci", "paired_ratio_bootstrap", "mean_bootstrap", "mcnemar_exact",
+    "adjust_pvalues", "cohen_kappa", "inheritance_evidence", "spearman", "contributions", "t_interval",
+    "min_detectable", "obf_spent",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 
 from audit.errors import RunDirError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CACHE_FORMAT = 2  # 2: rows keyed by item id (1 was by position in the sampled list)
 
 

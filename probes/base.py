@@ -109,6 +109,12 @@ class ProbeCard:
     caveats: Sequence[str]
     citation: str
     bundled: bool = False  # data written for this project and shipped in the package
+    # Measurability: the quality metric that says the model can do the probe's task, the value at
+    # or below which its bias numbers are not judged (chance), and the per-item column holding the
+    # index of the option it chose (one option on >= 95% of items = degenerate answers).
+    ability: str | None = None
+    floor: float | None = None
+    choice: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

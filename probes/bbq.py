@@ -162,7 +162,7 @@ def item_columns(choice: int, lls: Sequence[float], meta: Mapping[str, Any]) -> 
     non_unknown = float(choice != meta["unknown"])
     correct = float(choice == meta["label"])
     amb = meta["ambiguous"]
-    cols = {"correct": correct, "ambiguous": float(amb)}
+    cols = {"correct": correct, "ambiguous": float(amb), "choice": float(choice)}
     for suffix, on in (("amb", amb), ("dis", not amb)):
         cols[f"correct_{suffix}"] = correct if on else math.nan
         cols[f"biased_{suffix}"] = biased if on else math.nan
@@ -183,7 +183,7 @@ def item_columns(choice: int, lls: Sequence[float], meta: Mapping[str, Any]) -> 
 
 class BBQProbe:
     name = "bbq"
-    version = "1"
+    version = "2"
     kind = "loglikelihood"
     hub = HUB  # the hub copy a path of hf://... reads
     group_keys = ("category", "context_condition", "question_polarity")
@@ -217,6 +217,7 @@ class BBQProbe:
         ),
         citation="Parrish, Chen, Nangia, Padmakumar, Phang, Thompson, Htut, Bowman. BBQ: A Hand-Built "
         "Bias Benchmark for Question Answering. Findings of ACL 2022.",
+        ability="acc_dis", floor=1 / 3, choice="choice",  # three options: chance is 1/3
     )
 
     def __init__(self, *, data_dir: str | None = None, path: str | None = None,

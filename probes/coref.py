@@ -62,7 +62,7 @@ def coref_columns(
         raise ProbeError(f"expected 2 finite candidate log-likelihoods, got {lls}")
     choice = int(lls[1] > lls[0])  # ties go to the first candidate, as argmax does in lm-eval
     correct = float(choice == gold)
-    cols = {"correct": correct, "stereotyped": math.nan, "margin": math.nan}
+    cols = {"correct": correct, "stereotyped": math.nan, "margin": math.nan, "choice": float(choice)}
     if stereotyped is not None:
         cols["stereotyped"] = float(choice == stereotyped)
         cols["margin"] = lls[stereotyped] - lls[1 - stereotyped]
@@ -205,7 +205,7 @@ def _read_lines(path: Path) -> list[str]:
 
 class WinoBiasProbe:
     name = "winobias"
-    version = "1"
+    version = "2"
     kind = "loglikelihood"
     hub = WINOBIAS_HUB  # the hub copy a path of hf://... reads
     group_keys = ("type", "gender")
@@ -239,6 +239,7 @@ class WinoBiasProbe:
         ),
         citation="Zhao, Wang, Yatskar, Ordonez, Chang. Gender Bias in Coreference Resolution: Evaluation "
         "and Debiasing Methods. NAACL 2018.",
+        ability="accuracy", floor=0.5, choice="choice",  # two candidates: chance is 0.5
     )
 
     def __init__(self, *, path: str | None = None, splits: Sequence[str] = ("dev", "test"),
@@ -366,7 +367,7 @@ def _tsv(path: Path) -> list[dict[str, str]]:
 
 class WinogenderProbe:
     name = "winogender"
-    version = "1"
+    version = "2"
     kind = "loglikelihood"
     hub = WINOGENDER_HUB  # the hub copy a path of hf://... reads
     group_keys = ("gender",)
@@ -404,6 +405,7 @@ class WinogenderProbe:
         ),
         citation="Rudinger, Naradowsky, Leonard, Van Durme. Gender Bias in Coreference Resolution. "
         "NAACL 2018.",
+        ability="accuracy", floor=0.5, choice="choice",  # two candidates: chance is 0.5
     )
 
     def __init__(self, *, path: str | None = None, stats: str | None = None, check_sha256: bool = True) -> None:

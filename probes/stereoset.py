@@ -154,6 +154,7 @@ class StereoSetProbe:
         ),
         citation="Nadeem, Bethke, Reddy. StereoSet: Measuring stereotypical bias in pretrained language "
         "models. ACL 2021. Blodgett, Lopez, Olteanu, Sim, Wallach. Stereotyping Norwegian Salmon. ACL 2021.",
+        ability="lms", floor=50.0,  # a meaningful option beats the unrelated one half the time by chance
     )
 
     def __init__(self, *, data_dir: str | None = None, path: str | None = None, variant: str = "all",

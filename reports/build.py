@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from audit.gate import GateResult, student_of
+from audit.verdicts import VERDICTS  # noqa: E402  (the rule module is stdlib-only: no torch, no numpy)
 
-VERDICTS = ("inherited", "amplified", "attenuated", "introduced", "reversed", "not detected", "inconclusive")
 # the order findings are shown in: what a reviewer must act on first
 FINDING_ORDER = ("amplified", "introduced", "reversed", "inherited", "attenuated")
 PROBE_LABELS = {"crows_pairs": "CrowS-Pairs", "stereoset": "StereoSet", "bbq": "BBQ", "winobias": "WinoBias",
@@ -76,6 +76,15 @@ def ci_text(ci: Any, fmt: str = ".1f") -> str:
     return f"[{num(ci[0], fmt)}, {num(ci[1], fmt)}]"
 
 
+def delta_ci_text(d: dict) -> str:
+    """Δ's interval at the level that decided it (labelled), never an unadjusted one beside an adjusted p."""
+    level = d.get("level")
+    if missing(level) or not d.get("ci_decision"):
+        return "no interval at the decision level"
+    pct = f"{100 * level:.2f}".rstrip("0").rstrip(".")
+    return f"{pct}% CI {ci_text(d.get('ci_decision'))}"
+
+
 def probe_label(name: str) -> str:
     return PROBE_LABELS.get(name, name)
 
@@ -111,7 +120,7 @@ def finding(c: dict, who: str, metric: dict) -> str:
     what = group_phrase(c)
     where = probe_label(c["probe"])
     numbers = (f"{metric_value(s.get('value'), metric)} vs {metric_value(t.get('value'), metric)} {word}, "
-               f"\u0394 {num(d.get('value'), sign=True)} pts {ci_text(d.get('ci'))}")
+               f"\u0394 {num(d.get('value'), sign=True)} pts, {delta_ci_text(d)}")
     if verdict == "introduced":
         return f"The {who} introduced a {what} on {where} that the teacher does not show: {numbers}."
     return f"The {who} {verdict} the teacher's {what} on {where}: {numbers}."
@@ -141,7 +150,7 @@ def _student_summary(model: dict, run: dict, gate: GateResult, metrics: dict) ->
     counts = [{"verdict": v, "n": sum(c.get("verdict") == v for c in comps), "cls": v.replace(" ", "-")}
               for v in VERDICTS]
     status = gate.status_of(model["name"])
-    undecided = [c for c in comps if c.get("verdict") in (None, "inconclusive")]
+    undecided = [c for c in comps if c.get("verdict") in (None, "inconclusive", "not measurable")]
     who = student_label(model)
     return {"name": model["name"], "label": who, "title": who[0].upper() + who[1:],
             "status": status, "status_text": {"pass": "passes", "fail": "fails", "error": "cannot be certified (error or insufficient evidence)"}[status],

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from audit.gate import student_of
-from reports.build import ci_text, metric_value, missing, num, probe_label
+from reports.build import ci_text, delta_ci_text, metric_value, missing, num, probe_label
 
 CONTENT_WARNING = ("Content warning: these items contain social stereotypes (some offensive) and raw "
                    "model outputs, shown as plain text.")
@@ -41,8 +41,8 @@ def _evidence_rows(comps: list[dict]) -> list[dict]:
             "n": c.get("n") if c.get("n") is not None else "missing",
             "teacher": f"{num(c['teacher'].get('bias'), sign=True)} {ci_text(c['teacher'].get('ci'))}",
             "student_bias": f"{num(s.get('bias'), sign=True)} {ci_text(s.get('ci'))}",
-            "delta": f"{num(d.get('value'), sign=True)} {ci_text(d.get('ci'))}",
-            "p_adj": num(d.get("p_adj"), ".3g"),
+            "delta": f"{num(d.get('value'), sign=True)}, {delta_ci_text(d)} (unadjusted 95%: {ci_text(d.get('ci'))})",
+            "p_adj": _p_text(d),
             "mcnemar": (f"b={mc.get('b')}, c={mc.get('c')}, p_adj {num(mc.get('p_adj'), '.3g')}"
                         if mc else "not applicable"),
             "p_s_t": num(ev.get("p_s_given_t"), ".2f") if ev else "not applicable",
@@ -53,6 +53,15 @@ def _evidence_rows(comps: list[dict]) -> list[dict]:
             "reason": c.get("reason") or "no reason stored",
         })
     return rows
+
+
+def _p_text(d: dict) -> str:
+    """The adjusted p, never below its resolution; why Δ was not tested otherwise."""
+    from audit.verdicts import format_p
+
+    if missing(d.get("p_adj")):
+        return "not tested" + (f": {d['why']}" if d.get("why") else "")
+    return format_p(d["p_adj"], d.get("p_floor"))
 
 
 def _examples(p: dict, items: list[dict], students: list[str], n_max: int) -> list[dict]:
@@ -150,7 +159,16 @@ def method(run: dict) -> dict:
             "probes": probes, "errors": [f"{e.get('model') or 'run'} / {e.get('stage')}: {e.get('message')}"
                                          for e in run.get("errors") or []],
             "correction": settings.get("correction", "missing"), "alpha": settings.get("alpha"),
-            "tolerance": settings.get("tolerance"), "n_boot": settings.get("n_boot")}
+            "tolerance": settings.get("tolerance"), "n_boot": settings.get("n_boot"),
+            "n_perm": settings.get("n_perm", "missing"), "min_clusters": settings.get("min_clusters", "missing"),
+            **_levels(settings.get("alpha_look") or settings.get("alpha"))}
+
+
+def _levels(alpha: float | None) -> dict:
+    if missing(alpha):
+        return {"level": "missing", "tost_level": "missing"}
+    pct = lambda x: f"{100 * x:.2f}".rstrip("0").rstrip(".") + "%"  # noqa: E731
+    return {"level": pct(1 - alpha), "tost_level": pct(1 - 2 * alpha)}
 
 
 __all__ = ["probe_sections", "card_comparison", "method", "CONTENT_WARNING"]

@@ -35,7 +35,7 @@ def test_audit_run_is_paired_complete_and_cached(tmp_path, tiny_model_dir, stude
     out, code = run_audit(spec, progress=False)
     assert code == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["schema_version"] == 1 and run["status"] == "complete"
+    assert run["schema_version"] == 2 and run["status"] == "complete"
     assert [m["role"] for m in run["models"]] == ["teacher", "student"]
     assert run["models"][1]["notes"] == ["no distill_card.json next to this model: how it was made is unknown"]
     assert run["provenance"]["spec_hash"] == spec.spec_hash()
@@ -109,7 +109,7 @@ def test_failed_model_keeps_results_and_reports_partial(tmp_path, tiny_model_dir
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "partial"
     assert run["errors"][0]["model"] == "ghost" and "does not exist" in run["errors"][0]["message"]
-    assert run["probes"][0]["models"]["teacher"]["n_scored"] == 24
+    assert run["probes"][0]["models"]["teacher"]["n_scored"] == 48  # 12 per bias type, 4 types
 
 
 def test_resume_after_interruption_recomputes_only_missing_chunks(tmp_path):
