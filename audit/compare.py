@@ -118,8 +118,16 @@ def _members(items: Sequence[ItemInfo], key: str, value: str) -> list[ItemInfo]:
     return list(items) if key == ALL else [it for it in items if it.groups.get(key) == value]
 
 
+def _compute(metric: Metric, cols: Mapping[str, np.ndarray]) -> float:
+    """The metric, or NaN when a column it needs is missing for this model (missing, never a crash)."""
+    try:
+        return metric.compute(cols)
+    except KeyError:
+        return math.nan
+
+
 def _bias_stat(metric: Metric):
-    return lambda cols: (metric.compute(cols) - metric.neutral) * metric.scale
+    return lambda cols: (_compute(metric, cols) - metric.neutral) * metric.scale
 
 
 def _cols(rows: Mapping[str, Mapping[str, float]], ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -211,7 +219,7 @@ def not_measurable(ability: Ability, columns: Mapping[str, Mapping[str, float]])
         return None
     cols = columns_of(columns.values())
     if ability.metric is not None and ability.floor is not None:
-        value = ability.metric.compute(cols)
+        value = _compute(ability.metric, cols)
         if math.isfinite(value) and value <= ability.floor:
             return f"{ability.metric.name} {value:.3g} is at or below its floor {ability.floor:g}"
     if ability.choice and ability.choice in cols:
@@ -248,7 +256,7 @@ class _Side:
         """The stored numbers of this model on the cell (see the module docstring)."""
         n, k, alpha = len(self.items), self.k, settings.alpha_eff
         need = max(settings.min_items, self.metric.min_items)
-        value = num(self.metric.compute(self.cols)) if n else None
+        value = num(_compute(self.metric, self.cols)) if n else None
         bias = None if value is None else (value - self.metric.neutral) * self.metric.scale
         ci = tost = None
         why = None
@@ -326,7 +334,7 @@ def _cell(metric: Metric, quality: Sequence[Metric], cell: Sequence[ItemInfo], t
         mc = stats.mcnemar_exact(tc[b], sc[b])
         rec["mcnemar"] = {"b": mc.b, "c": mc.c, "p": num(mc.p), "p_adj": None}
     rec["evidence"] = _evidence(metric, tc, sc)
-    rec["quality"] = [{"metric": q.name, "teacher": num(q.compute(tc)), "student": num(q.compute(sc))}
+    rec["quality"] = [{"metric": q.name, "teacher": num(_compute(q, tc)), "student": num(_compute(q, sc))}
                       for q in quality]
     return rec
 
@@ -396,6 +404,9 @@ def decision_levels(pvalues: Sequence[float], alpha: float, method: str) -> tupl
         if stopped is None and p[i] > step:
             stopped = step
         levels[i] = step if stopped is None else stopped
+    for value in np.unique(p):  # tied p-values share the first (strictest) step: no dependence on order
+        tied = p == value
+        levels[tied] = levels[tied].min()
     return adj, levels
 
 

@@ -8,7 +8,7 @@ test below works on per-cluster quantities.
   BBQ's s_DIS, ICAT) is turned into per-cluster contributions c_g with Σ_g c_g = the estimate,
   by the delete-one-cluster jackknife: I_g = (θ̂ − θ̂_(−g))·(N − n_g)/N is cluster g's
   influence (exactly (s_g − n_g·θ̂)/N for a mean, the delta-method term (a_g − R̂·b_g)/B for a
-  ratio), and c_g = w_g·θ̂ + I_g with w_g = n_g/N. This replaces a per-metric delta-method
+  ratio), centred to sum to 0, and c_g = w_g·θ̂ + I_g with w_g = n_g/N. This replaces a per-metric delta-method
   derivation and works for every metric a probe defines.
 - A model's own bias (``t_interval``): the cluster-robust t interval with G − 1 degrees of
   freedom and the CR2 small-sample correction (Bell & McCaffrey 2002: each residual divided by
@@ -287,6 +287,7 @@ def contributions(stat: Stat, columns: Columns, codes: np.ndarray, n_clusters: i
             return None
         influence[g] = (value - rest) * (n - sizes[g]) / n
     weights = sizes / n
+    influence -= weights * influence.sum()  # centred, so that Σ c_g is exactly the estimate (a no-op for a mean)
     return Linear(value=value, contrib=weights * value + influence, weights=weights)
 
 

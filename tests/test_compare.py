@@ -9,73 +9,99 @@ import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
+from audit import verdicts
 from audit.compare import (
+    Ability,
     ItemInfo,
     Settings,
     breakdown,
     compare_probe,
+    decision_levels,
     finalize,
-    model_summary,
+    not_measurable,
     task_scores,
-    verdict,
 )
 from audit.errors import SpecError
 from probes.base import Metric, share
 from probes.bundled import pct_stereotype_metric
 
-TAU = 2.0
+TAU, ALPHA = 2.0, 0.05
 
 
-def _side(bias, ci, biased="auto"):
-    if biased == "auto":
-        biased = None if ci is None or bias is None else bool((ci[0] > 0 or ci[1] < 0) and abs(bias) >= TAU)
-    return {"value": None if bias is None else 0.5 + bias / 100, "bias": bias, "ci": ci, "biased": biased}
+def _side(bias, ci, tost="auto"):
+    """A model's stored numbers; the TOST interval defaults to the 95% one shrunk by 20%."""
+    if tost == "auto" and ci is not None:
+        mid, half = (ci[0] + ci[1]) / 2, (ci[1] - ci[0]) / 2
+        tost = [mid - 0.8 * half, mid + 0.8 * half]
+    return {"bias": bias, "ci": ci, "ci_tost": None if tost == "auto" else tost}
 
 
-def _rec(t, s, d, dci, p_adj, *, n=60, k=12, tb="auto", sb="auto"):
-    return {"student_name": "soft", "probe": "p", "metric": "pct_stereotype", "kind": "bias", "group_key": "all",
-            "group": "all", "n": n, "n_clusters": k, "teacher": _side(*t, biased=tb), "student": _side(*s, biased=sb),
-            "delta": {"value": d, "ci": dci, "p": p_adj, "p_adj": p_adj}, "mcnemar": None, "evidence": None,
-            "quality": [{"metric": "lms", "teacher": 90.0, "student": 60.0}], "verdict": None, "reason": None}
+def _rec(t, s, d, p_adj, equiv=None, *, nm=None, power=None):
+    return {"student_name": "soft", "probe": "p", "metric": "pct_stereotype", "group_key": "all", "group": "all",
+            "n": 400, "n_clusters": 40, "teacher": _side(*t), "student": _side(*s), "not_measurable": nm,
+            "delta": {"value": d, "p_adj": p_adj, "ci_equiv": equiv, "ci_decision": None, "level": None,
+                      "p_floor": 1e-4}, "power": power}
 
 
-CASES = [
-    # (name, record, expected verdict, words the reason must contain)
-    ("inherited", _rec((12, [5, 19]), (10, [3, 17]), -2.0, [-4.1, 0.3], 0.84), "inherited", "same direction"),
-    ("inherited, big Δ not significant", _rec((12, [5, 19]), (18, [11, 25]), 6.0, [-1, 13], 0.2), "inherited", "not significantly"),
-    ("inherited, significant Δ within τ", _rec((12, [5, 19]), (13.5, [7, 20]), 1.5, [0.5, 2.5], 0.01), "inherited", "tolerance 2"),
-    ("amplified", _rec((8, [3, 13]), (20, [14, 26]), 12.0, [6, 18], 0.001), "amplified", "further from neutral by 12.0"),
-    ("amplified, negative bias", _rec((-8, [-13, -3]), (-20, [-26, -14]), -12.0, [-18, -6], 0.001), "amplified", "further"),
-    ("amplified needs significance", _rec((8, [3, 13]), (20, [14, 26]), 12.0, [-1, 25], 0.07), "inherited", "not significantly"),
-    ("attenuated, still biased", _rec((20, [14, 26]), (8, [3, 13]), -12.0, [-18, -6], 0.001), "attenuated", "nearer neutral"),
-    ("attenuated to unbiased", _rec((15, [9, 21]), (1, [-4, 6]), -14.0, [-20, -8], 0.001), "attenuated", "lms teacher 90"),
-    ("attenuated, negative bias", _rec((-15, [-21, -9]), (-1, [-6, 4]), 14.0, [8, 20], 0.001), "attenuated", "nearer"),
-    ("drop not significant", _rec((6, [1, 11]), (1, [-4, 6]), -5.0, [-12, 2], 0.3), "inconclusive", "neither losing nor keeping"),
-    ("introduced", _rec((1, [-3, 5]), (9, [4, 14]), 8.0, [2, 14], 0.01), "introduced", "teacher not biased"),
-    ("introduced, Δ not significant", _rec((1, [-3, 5]), (6, [1, 11]), 5.0, [-1, 11], 0.2), "introduced", "student biased"),
-    ("reversed", _rec((8, [3, 13]), (-7, [-12, -2]), -15.0, [-21, -9], 0.001), "reversed", "opposite"),
-    ("not detected", _rec((1, [-3, 5]), (-1, [-5, 3]), -2.0, [-7, 3], 0.5), "not detected", "lms"),
-    ("not detected: CI excludes 0 but |b| < τ", _rec((1.5, [0.5, 2.5]), (1, [0.2, 1.8]), -0.5, [-1, 0], 0.2), "not detected", "not biased"),
-    ("too few items", _rec((12, [5, 19]), (10, [3, 17]), -2.0, [-4, 0], 0.8, n=8), "inconclusive", "only 8 items"),
-    ("one cluster", _rec((12, [5, 19]), (10, [3, 17]), -2.0, [-4, 0], 0.8, k=1), "inconclusive", "1 cluster"),
-    ("missing student value", _rec((12, [5, 19]), (None, None), None, None, None), "inconclusive", "missing"),
-    ("undefined teacher CI", _rec((12, None), (10, [3, 17]), -2.0, None, None), "inconclusive", "CI is undefined"),
-    ("wide CI", _rec((30, [1, 61]), (28, [3, 53]), -2.0, [-9, 5], 0.8), "inconclusive", "wider than ±25"),
-    ("Δ untested", _rec((12, [5, 19]), (10, [3, 17]), -2.0, [-4, 0], None), "inconclusive", "could not be tested"),
-    ("metric minimum", _rec((12, [5, 19]), (10, [3, 17]), -2.0, [-4, 0], 0.8, tb=None), "inconclusive", "fewer than"),
+CASES = [  # (name, record, expected verdict, words the reason must contain); one or more per rule
+    ("not measurable wins over everything", _rec((8, [3, 13]), (20, [14, 26]), 12.0, 0.001,
+                                                   nm="student: acc_dis 0.3 is at or below its floor 0.333"),
+     "not measurable", "not judged"),
+    ("amplified", _rec((8, [3, 13]), (20, [14, 26]), 12.0, 0.001), "amplified", "further from neutral by 12.0"),
+    ("amplified, negative direction", _rec((-8, [-13, -3]), (-20, [-26, -14]), -12.0, 0.001), "amplified", "further"),
+    ("amplified from an undetermined teacher leaning the same way", _rec((3, [-1, 7]), (15, [10, 20]), 12.0, 0.001),
+     "amplified", "teacher undetermined"),
+    ("amplified needs significance", _rec((8, [3, 13]), (20, [14, 26]), 12.0, 0.07), "inherited", "no significant"),
+    ("amplified needs the estimate beyond τ", _rec((8, [3, 13]), (9.5, [4, 15]), 1.5, 0.001), "inherited", "beyond 2"),
+    ("introduced", _rec((0.2, [-1, 1.4]), (9, [4, 14]), 8.8, 0.01), "introduced", "new"),
+    ("introduced from an undetermined teacher leaning the other way", _rec((-2, [-7, 3]), (9, [4, 14]), 11.0, 0.01),
+     "introduced", "teacher undetermined"),
+    ("a non-significant change is never introduced", _rec((0.2, [-1, 1.4]), (6, [1, 11]), 5.8, 0.394),
+     "inconclusive", "adjusted p 0.394"),
+    ("reversed", _rec((8, [3, 13]), (-7, [-12, -2]), -15.0, 0.001), "reversed", "opposite"),
+    ("reversed needs significance", _rec((8, [3, 13]), (-7, [-12, -2]), -15.0, 0.2), "inconclusive", "teacher biased"),
+    ("attenuated, still biased", _rec((20, [14, 26]), (8, [3, 13]), -12.0, 0.001), "attenuated", "nearer neutral"),
+    ("attenuated to within tolerance", _rec((15, [9, 21]), (0.5, [-1, 2]), -14.5, 0.001), "attenuated", "nearer"),
+    ("attenuated, negative bias", _rec((-15, [-21, -9]), (-1, [-6, 4]), 14.0, 0.001), "attenuated", "nearer"),
+    ("inherited", _rec((12, [5, 19]), (10, [3, 17]), -2.0, 0.84), "inherited", "same direction"),
+    ("not detected", _rec((0.5, [-1, 2]), (-0.3, [-1.5, 0.9]), -0.8, 0.5), "not detected", "within ±2"),
+    ("not detected needs equivalence, not just a CI covering 0",
+     _rec((1, [-13, 15]), (-1, [-15, 13]), -2.0, 0.5), "inconclusive", "undetermined"),
+    ("a CI excluding 0 with |b| < τ is not biased", _rec((1.5, [0.5, 2.5], [0.8, 1.9]), (1, [0.2, 1.8], [0.4, 1.6]),
+                                                         -0.5, 0.2), "not detected", "within tolerance"),
+    ("unchanged", _rec((1, [-13, 15]), (1.2, [-12, 14]), 0.2, 0.9, [-1.0, 1.4]), "unchanged", "matches the teacher"),
+    ("unchanged when the teacher is biased but the student undetermined",
+     _rec((12, [5, 19]), (11, [-1, 23]), -1.0, 0.8, [-1.5, 0.6]), "unchanged", "inside ±2"),
+    ("zero-width interval decides nothing", _rec((33.3, None, None), (33.3, None, None), 0.0, None, [-3, 3]),
+     "inconclusive", "no interval"),
+    ("missing student", _rec((12, [5, 19]), (None, None, None), None, None), "inconclusive", "bias missing"),
+    ("inconclusive says what would decide it",
+     _rec((1, [-13, 15]), (3, [-11, 17]), 2.0, 0.9, [-6, 10], power={"mde": 9.5, "items_needed": 9000}),
+     "inconclusive", "about 9000 items would detect a change of 2"),
 ]
 
 
 @pytest.mark.parametrize("name,record,expected,words", CASES, ids=[c[0] for c in CASES])
 def test_verdict_table(name, record, expected, words):
-    got, reason = verdict(record, Settings())
+    got, reason = verdicts.decide(record, tau=TAU, alpha=ALPHA)
     assert got == expected, reason
-    assert words in reason
+    assert words in reason, reason
 
 
 def test_every_verdict_is_covered_by_the_table():
-    assert {c[2] for c in CASES} == {"inherited", "amplified", "attenuated", "introduced", "reversed",
-                                     "not detected", "inconclusive"}
+    assert {c[2] for c in CASES} == set(verdicts.VERDICTS)
+
+
+def test_model_states_follow_the_interval_rules():
+    assert verdicts.model_state(_side(5, [1, 9]), 2) == "biased"
+    assert verdicts.model_state(_side(1.5, [0.5, 2.5]), 2) != "biased"  # |b| < τ
+    assert verdicts.model_state(_side(0.2, [-2.5, 2.9], [-1.9, 1.9]), 2) == "within tolerance"
+    assert verdicts.model_state(_side(0.2, [-2.5, 2.9], [-2.1, 1.9]), 2) == "undetermined"
+    assert verdicts.model_state(_side(33.3, None, None), 2) == "undetermined"
+
+
+def test_p_is_printed_at_its_resolution():
+    assert verdicts.format_p(2.6e-24, 1e-3) == "≤ 0.001" and verdicts.format_p(0.0123, 1e-4) == "0.0123"
 
 
 # ---------------------------------------------------------------- records from planted data
@@ -83,9 +109,9 @@ def test_every_verdict_is_covered_by_the_table():
 
 PLANTED = {  # group -> per-cluster share of stereotyped items (teacher, student), 10 clusters x 10 items
     "inh": ([0.8, 0.9], [0.8, 0.9]),
-    "amp": ([0.6, 0.7], [1.0, 1.0]),
-    "att": ([0.9, 1.0], [0.5, 0.5]),
-    "ctl": ([0.5, 0.5], [0.5, 0.5]),
+    "amp": ([0.6, 0.7], [0.9, 1.0]),
+    "att": ([0.9, 1.0], [0.5, 0.6]),
+    "ctl": ([0.5, 0.5], [0.5, 0.5]),  # every cluster exactly neutral: zero-width intervals, identical student
     "rev": ([0.8, 0.9], [0.2, 0.1]),
     "intro": ([0.5, 0.5], [0.9, 1.0]),
 }
@@ -127,17 +153,77 @@ def test_planted_groups_get_their_verdicts():
     assert all(r["verdict"] is None and r["delta"]["p_adj"] is None for r in recs)
     fin = finalize(recs, Settings())
     got = {r["group"]: r["verdict"] for r in fin if r["metric"] == "pct_stereotype" and r["group_key"] == "axis"}
-    assert got == {"inh": "inherited", "amp": "amplified", "att": "attenuated", "ctl": "not detected",
+    assert got == {"inh": "inherited", "amp": "amplified", "att": "attenuated", "ctl": "unchanged",
                    "rev": "reversed", "intro": "introduced", "thin": "inconclusive"}
     amp = next(r for r in fin if r["group"] == "amp" and r["metric"] == "pct_stereotype")
     assert amp["n"] == 100 and amp["n_clusters"] == 10
     assert amp["teacher"]["value"] == pytest.approx(0.65) and amp["teacher"]["bias"] == pytest.approx(15.0)
-    assert amp["student"]["bias"] == pytest.approx(50.0) and amp["delta"]["value"] == pytest.approx(35.0)
-    assert amp["mcnemar"]["b"] == 0 and amp["mcnemar"]["c"] == 35
+    assert amp["student"]["bias"] == pytest.approx(45.0) and amp["delta"]["value"] == pytest.approx(30.0)
+    assert amp["delta"]["p"] == pytest.approx(2 / 2**10) and amp["delta"]["p_floor"] == 2 / 2**10
+    assert "exact over 2^10" in amp["delta"]["method"]
+    lo, hi = amp["delta"]["ci_decision"]
+    assert 0 < lo < 30 < hi and amp["delta"]["level"] > 0.95  # decided at its Holm step's level
+    assert amp["mcnemar"]["b"] == 0 and amp["mcnemar"]["c"] == 30
     assert amp["quality"] == [{"metric": "ok_rate", "teacher": 100.0, "student": 50.0}]
     inh = next(r for r in fin if r["group"] == "inh" and r["metric"] == "pct_stereotype")
-    assert inh["delta"]["ci"] == [0.0, 0.0] and inh["delta"]["p"] == 1.0
+    assert inh["delta"]["value"] == 0 and inh["delta"]["p"] == 1.0
     assert inh["evidence"] == {"p_s_given_t": 1.0, "p_s_given_not_t": 0.0, "kappa": 1.0, "margin_corr": -1.0}
+    ctl = next(r for r in fin if r["group"] == "ctl" and r["metric"] == "pct_stereotype")
+    assert ctl["teacher"]["state"] == "undetermined" and "zero-width" in ctl["teacher"]["why"]
+    thin = next(r for r in fin if r["group"] == "thin" and r["metric"] == "pct_stereotype")
+    assert thin["teacher"]["ci"] is None and "only 4 clusters (minimum 6)" in thin["reason"]
+    assert not thin["delta"]["tested"] and "smallest attainable p is 0.125" in thin["reason"]
+
+
+def test_teacher_figures_do_not_depend_on_the_students():
+    items, t, s = _planted()
+    other = {k: {**v, "stereotyped": 1.0 - v["stereotyped"]} for k, v in s.items()}
+    one = finalize(compare_probe(probe="p", metrics=[pct_stereotype_metric()], group_keys=["axis"], items=items,
+                                 teacher=t, students={"soft": s}, settings=Settings()), Settings())
+    two = finalize(compare_probe(probe="p", metrics=[pct_stereotype_metric()], group_keys=["axis"], items=items,
+                                 teacher=t, students={"hard": other, "soft": s}, settings=Settings()), Settings())
+    soft_two = [r for r in two if r["student_name"] == "soft"]
+    assert [r["teacher"] for r in one] == [r["teacher"] for r in soft_two]
+    assert [r["teacher"] for r in soft_two] == [r["teacher"] for r in two if r["student_name"] == "hard"]
+    # the test of Δ is seeded by probe, metric and group, not by the student: same p with a second student
+    assert [r["delta"]["p"] for r in one] == [r["delta"]["p"] for r in soft_two]
+
+
+def test_decision_levels_follow_holm_steps_and_bh_fcr():
+    p = [0.001, 0.02, 0.012, 0.5]
+    adj, lv = decision_levels(p, 0.05, "holm")
+    # sorted 0.001 (0.05/4 rejects), 0.012 (0.05/3 rejects), 0.02 (0.05/2 = 0.025 rejects), 0.5 (0.05 stops)
+    assert list(lv) == pytest.approx([0.05 / 4, 0.05 / 2, 0.05 / 3, 0.05])
+    np.testing.assert_allclose(adj, multipletests(p, method="holm")[1])
+    adj, lv = decision_levels([0.001, 0.3, 0.6, 0.9], 0.05, "holm")
+    assert list(lv) == pytest.approx([0.05 / 4, 0.05 / 3, 0.05 / 3, 0.05 / 3])  # stopped at the second step
+    adj, lv = decision_levels(p, 0.05, "bh")
+    r = int(np.sum(multipletests(p, method="fdr_bh", alpha=0.05)[0]))
+    assert list(lv) == pytest.approx([r * 0.05 / 4] * 4)
+
+
+def test_not_measurable_from_the_ability_floor_and_degenerate_answers():
+    acc = Metric(name="acc_dis", description="", compute=lambda c: share(c["correct"]), kind="quality")
+    ability = Ability(metric=acc, floor=1 / 3, choice="choice")
+    constant = {f"i{j}": {"correct": float(j % 3 == 0), "choice": 0.0} for j in range(60)}
+    assert "degenerate" in not_measurable(Ability(choice="choice"), constant)
+    assert "at or below its floor" in not_measurable(ability, constant)  # 1/3 right: at chance
+    able = {f"i{j}": {"correct": float(j % 4 != 0), "choice": float(j % 3)} for j in range(60)}
+    assert not_measurable(ability, able) is None
+
+
+def test_a_constant_answer_student_is_not_measurable_never_attenuated():
+    items, t, s = _planted()
+    for rows, pick in ((t, lambda k: float(hash(k) % 3)), (s, lambda k: 0.0)):
+        for k, v in rows.items():
+            v.update(correct=float(pick(k) == 1.0) if rows is s else 0.8, choice=pick(k))
+    s_flat = {k: {**v, "stereotyped": 0.5} for k, v in s.items()}  # near neutral: it cannot do the task
+    acc = Metric(name="acc", description="", compute=lambda c: share(c["correct"]), kind="quality")
+    fin = finalize(compare_probe(probe="p", metrics=[pct_stereotype_metric()], group_keys=["axis"], items=items,
+                                 teacher=t, students={"const": s_flat}, settings=Settings(),
+                                 ability=Ability(metric=acc, floor=1 / 3, choice="choice")), Settings())
+    assert {r["verdict"] for r in fin} == {"not measurable"}
+    assert "student: acc 0 is at or below its floor" in fin[0]["reason"]
 
 
 def test_records_cover_every_student_metric_and_group_in_order():
@@ -164,23 +250,30 @@ def test_only_items_scored_by_both_models_are_paired():
 def test_results_do_not_depend_on_student_order():
     items, t, s = _planted()
     other = {k: {**v, "stereotyped": 1.0 - v["stereotyped"]} for k, v in s.items()}
-    a = compare_probe(probe="p", metrics=[pct_stereotype_metric()], group_keys=["axis"], items=items, teacher=t,
-                      students={"soft": s, "hard": other}, settings=Settings())
-    b = compare_probe(probe="p", metrics=[pct_stereotype_metric()], group_keys=["axis"], items=items, teacher=t,
-                      students={"hard": other, "soft": s}, settings=Settings())
+    a = finalize(compare_probe(probe="p", metrics=[pct_stereotype_metric()], group_keys=["axis"], items=items,
+                               teacher=t, students={"soft": s, "hard": other}, settings=Settings()), Settings())
+    b = finalize(compare_probe(probe="p", metrics=[pct_stereotype_metric()], group_keys=["axis"], items=items,
+                               teacher=t, students={"hard": other, "soft": s}, settings=Settings()), Settings())
     assert [r for r in a if r["student_name"] == "soft"] == [r for r in b if r["student_name"] == "soft"]
 
 
 @pytest.mark.parametrize("method,sm_name", [("holm", "holm"), ("bh", "fdr_bh")])
-def test_finalize_adjusts_all_pvalues_of_the_audit_together(method, sm_name):
+def test_finalize_adjusts_all_tested_changes_of_the_audit_together(method, sm_name):
     settings = Settings(correction=method)
     *_, recs = _run(settings)
     fin = finalize(recs, settings)
-    raw = [(i, part) for i, r in enumerate(recs) for part in ("delta", "mcnemar") if r[part] and r[part]["p"] is not None]
-    assert len(raw) > 20
-    ref = multipletests([recs[i][part]["p"] for i, part in raw], method=sm_name)[1]
-    np.testing.assert_allclose([fin[i][part]["p_adj"] for i, part in raw], ref, rtol=1e-12)
+    tested = [i for i, r in enumerate(recs) if r["delta"]["tested"]]
+    assert len(tested) > 10 and len(tested) < len(recs)  # the 4-cluster group cannot reach α: not in the family
+    ref = multipletests([recs[i]["delta"]["p"] for i in tested], method=sm_name)[1]
+    np.testing.assert_allclose([fin[i]["delta"]["p_adj"] for i in tested], ref, rtol=1e-12)
+    mc = [i for i, r in enumerate(recs) if r["mcnemar"] and r["mcnemar"]["p"] is not None]
+    ref = multipletests([recs[i]["mcnemar"]["p"] for i in mc], method=sm_name)[1]
+    np.testing.assert_allclose([fin[i]["mcnemar"]["p_adj"] for i in mc], ref, rtol=1e-12)
     assert all(r["delta"]["p_adj"] is None for r in recs)  # the input is left alone
+    for r in fin:  # an interval that excludes 0 never sits beside "not significant"
+        ci, p_adj = r["delta"]["ci_decision"], r["delta"]["p_adj"]
+        if ci is not None and p_adj is not None:
+            assert (ci[0] > 0 or ci[1] < 0) == (p_adj <= 0.05), r["reason"]
 
 
 def test_nan_measurements_stay_missing_and_are_inconclusive():
@@ -190,8 +283,8 @@ def test_nan_measurements_stay_missing_and_are_inconclusive():
                          students={"soft": s_nan}, settings=Settings())
     fin = finalize(recs, Settings())
     ctl = next(r for r in fin if r["group"] == "ctl")
-    assert ctl["student"] == {"value": None, "bias": None, "ci": None, "biased": None}
-    assert ctl["delta"] == {"value": None, "ci": None, "p": None, "p_adj": None}
+    assert ctl["student"]["bias"] is None and ctl["student"]["ci"] is None and ctl["student"]["biased"] is None
+    assert ctl["delta"]["value"] is None and ctl["delta"]["p"] is None and ctl["delta"]["p_adj"] is None
     assert ctl["mcnemar"]["p"] is None and ctl["mcnemar"]["p_adj"] is None
     assert ctl["evidence"]["kappa"] is None and ctl["evidence"]["p_s_given_t"] is None
     assert ctl["verdict"] == "inconclusive" and "missing" in ctl["reason"]
@@ -213,8 +306,9 @@ def test_group_with_no_paired_items_is_inconclusive():
     fin = finalize(compare_probe(probe="p", metrics=[pct_stereotype_metric()], group_keys=["axis"], items=items,
                                  teacher=t, students={"soft": s2}, settings=Settings()), Settings())
     thin = next(r for r in fin if r["group"] == "thin")
-    assert thin["n"] == 0 and thin["teacher"]["bias"] is None
-    assert thin["verdict"] == "inconclusive" and "only 0 items" in thin["reason"]
+    # the teacher's own figures stand (its items), the student has none, so there is no Δ
+    assert thin["n"] == 0 and thin["teacher"]["bias"] == 50.0 and thin["student"]["bias"] is None
+    assert thin["verdict"] == "inconclusive" and "Δ missing" in thin["reason"]
 
 
 def test_metric_min_items_stricter_than_settings():
@@ -225,28 +319,11 @@ def test_metric_min_items_stricter_than_settings():
                                  students={"soft": s}, settings=Settings()), Settings())
     amp = next(r for r in fin if r["group"] == "amp")
     assert amp["teacher"]["biased"] is None and amp["verdict"] == "inconclusive"
-    assert "fewer than pct_stereotype needs" in amp["reason"]
+    assert "only 100 items (minimum 150)" in amp["reason"]
     assert next(r for r in fin if r["group"] == "all")["verdict"] != "inconclusive"  # 604 items
 
 
 # ---------------------------------------------------------------- summaries, breakdowns, tasks
-
-
-def test_model_summary_known_values():
-    items, t, _ = _planted()
-    amp = [it for it in items if it.groups["axis"] == "amp"]
-    got = model_summary(metric=pct_stereotype_metric(), items=amp, columns=t, settings=Settings())
-    assert got["value"] == pytest.approx(0.65) and got["bias"] == pytest.approx(15.0)
-    # clusters are 60 % or 70 % stereotyped, 5 of each: a draw's bias is 10 + X with X ~ Binomial(10, 1/2)
-    # draws of 70 % clusters, whose 2.5 % and 97.5 % quantiles are 2 and 8
-    assert got["ci"] == pytest.approx([12.0, 18.0]) and got["biased"] is True
-    assert (got["n"], got["n_clusters"]) == (100, 10)
-    thin = [it for it in items if it.groups["axis"] == "thin"]
-    got = model_summary(metric=pct_stereotype_metric(), items=thin, columns=t, settings=Settings())
-    assert got["bias"] == pytest.approx(50.0) and got["biased"] is None
-    nan = {k: {"stereotyped": math.nan} for k in t}
-    got = model_summary(metric=pct_stereotype_metric(), items=amp, columns=nan, settings=Settings())
-    assert got["value"] is None and got["bias"] is None and got["ci"] is None and got["biased"] is None
 
 
 def test_breakdown_equals_manual_groupby():
@@ -297,10 +374,15 @@ def test_task_retention_undefined_when_teacher_scores_zero_and_nan_items_dropped
 
 def test_settings_validation_lists_every_problem():
     with pytest.raises(SpecError) as err:
-        Settings(alpha=1.5, correction="bonferroni", n_boot=10)
+        Settings(alpha=1.5, correction="bonferroni", n_boot=10, min_clusters=1, looks=(0.5, 0.25))
     msg = str(err.value)
     assert "alpha" in msg and "correction" in msg and "'holm' or 'bh'" in msg and "n_boot" in msg
-    assert Settings().level == pytest.approx(0.95)
+    assert "min_clusters" in msg and "looks" in msg
+    assert Settings().alpha_eff == 0.05
+    # an adaptive audit's looks spend α O'Brien-Fleming style: the increments add up to α
+    looks = (0.25, 0.5, 1.0)
+    spent = [Settings(looks=looks[: k + 1]).alpha_eff for k in range(3)]
+    assert sum(spent) == pytest.approx(0.05) and spent[0] < spent[1] < spent[2]
 
 
 def test_a_between_groups_metric_gets_no_cell_per_value_of_the_key_it_contrasts():

@@ -130,15 +130,15 @@ def test_inheritance_evidence_known_values():
 # ---------------------------------------------------------------- bootstrap
 
 
-def test_draw_helpers_match_loops():
-    rng, clusters = _clustered(1)
+def _loop_ratio_draws(t, s, clusters, rng, n_boot):
+    """Direct cluster bootstrap of mean(s) / mean(t), one draw per loop turn (same draws as the code)."""
     codes, k = stats.cluster_codes(clusters)
-    draws = stats.draw_clusters(k, 50, rng)
-    w = stats.cluster_weights(draws, codes, k)
-    for b, idx in enumerate(stats.draw_item_indices(draws, codes, k)):
-        expected = [i for kk in draws[b] for i in np.flatnonzero(codes == kk)]
-        assert sorted(idx.tolist()) == sorted(expected)
-        np.testing.assert_array_equal(np.bincount(idx, minlength=len(codes)), w[b])
+    draws = stats.draw_clusters(k, n_boot, rng)
+    out = []
+    for row in draws:
+        idx = np.concatenate([np.flatnonzero(codes == g) for g in row])
+        out.append(s[idx].mean() / t[idx].mean())
+    return np.array(out)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -147,54 +147,9 @@ def test_percentile_ci_of_mean_matches_direct_loop(seed):
     x = rng.normal(size=len(clusters))
     loop = _loop_draw_means(x, clusters, np.random.default_rng(99), 500)
     lo, hi = np.quantile(loop, [0.025, 0.975])
-    generic = stats.cluster_bootstrap(lambda c: float(np.mean(c["x"])), {"x": x}, clusters, n_boot=500,
-                                      rng=np.random.default_rng(99))
-    vectorised = stats.mean_bootstrap(x, clusters, n_boot=500, rng=np.random.default_rng(99))
-    for est in (generic, vectorised):
-        assert est.value == pytest.approx(x.mean())
-        assert est.ci == pytest.approx((lo, hi), rel=1e-12)
-
-
-def test_paired_generic_and_vectorised_paths_agree_and_share_draws():
-    rng, clusters = _clustered(4, n_clusters=30)
-    t = (rng.random(len(clusters)) < 0.7).astype(float)
-    s = (rng.random(len(clusters)) < 0.6).astype(float)
-
-    def stat(c):
-        return (np.mean(c["x"]) - 0.5) * 100
-
-    a = stats.paired_cluster_bootstrap(stat, {"x": t}, {"x": s}, clusters, n_boot=300, rng=np.random.default_rng(5))
-    b = stats.paired_mean_bootstrap(t, s, clusters, n_boot=300, rng=np.random.default_rng(5), neutral=0.5, scale=100)
-    assert a == b
-    assert a.delta.value == pytest.approx((s.mean() - t.mean()) * 100)
-    # the same draws for both models: the teacher's CI equals its own unpaired bootstrap with that seed
-    alone = stats.mean_bootstrap((t - 0.5) * 100, clusters, n_boot=300, rng=np.random.default_rng(5))
-    assert a.teacher.ci == pytest.approx(alone.ci)
-    # Δ from shared draws: loop over the same draws by hand
-    codes, k = stats.cluster_codes(clusters)
-    draws = stats.draw_clusters(k, 300, np.random.default_rng(5))
-    d = [(s[idx].mean() - t[idx].mean()) * 100 for idx in stats.draw_item_indices(draws, codes, k)]
-    assert a.delta.ci == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])))
-    assert a.p == pytest.approx(2 * sps.norm.sf(abs(a.delta.value) / np.std(d, ddof=1)), rel=1e-12)
-
-
-def test_bootstrap_p_known_cases():
-    pct = {"method": "percentile"}
-    assert stats.bootstrap_p(np.full(99, 3.0), **pct) == pytest.approx(2 / 100)
-    assert stats.bootstrap_p(np.zeros(99), **pct) == 1.0
-    d = np.concatenate([np.full(10, -1.0), np.full(89, 1.0)])
-    assert stats.bootstrap_p(d, **pct) == pytest.approx(2 * 11 / 100)
-    assert math.isnan(stats.bootstrap_p(np.full(10, np.nan), **pct))
-    # normal approximation: the estimate 1.96 bootstrap standard errors from 0 -> p = 0.05
-    draws = np.random.default_rng(0).normal(size=1000)
-    se = np.std(draws, ddof=1)
-    assert stats.bootstrap_p(draws, 1.959963984540054 * se) == pytest.approx(0.05, rel=1e-9)
-    assert stats.bootstrap_p(draws, 0.0) == 1.0
-    assert stats.bootstrap_p(np.full(50, 2.0), 2.0) == 0.0 and stats.bootstrap_p(np.zeros(50), 0.0) == 1.0
-    assert math.isnan(stats.bootstrap_p(draws, math.nan)) and math.isnan(stats.bootstrap_p(draws))
-    assert stats.bootstrap_p(draws, 40.0) < 1e-100  # no 2/(B+1) floor: survives audit-wide adjustment
-    with pytest.raises(ValueError, match="percentile"):
-        stats.bootstrap_p(draws, 1.0, method="exact")
+    est = stats.mean_bootstrap(x, clusters, n_boot=500, rng=np.random.default_rng(99))
+    assert est.value == pytest.approx(x.mean())
+    assert est.ci == pytest.approx((lo, hi), rel=1e-12)
 
 
 def test_nan_handling_never_becomes_zero():
@@ -207,8 +162,6 @@ def test_nan_handling_never_becomes_zero():
     assert est.value == pytest.approx(2 / 3)
     allnan = stats.mean_bootstrap(np.full(4, np.nan), ["a", "a", "b", "b"], n_boot=200, rng=np.random.default_rng(0))
     assert math.isnan(allnan.value) and allnan.ci is None
-    one = stats.paired_mean_bootstrap(np.ones(4), np.zeros(4), ["a"] * 4, n_boot=200, rng=np.random.default_rng(0))
-    assert one.delta.value == -1.0 and one.delta.ci is None and math.isnan(one.p)
 
 
 def test_ratio_bootstrap_matches_loop_and_known_case():
@@ -216,9 +169,7 @@ def test_ratio_bootstrap_matches_loop_and_known_case():
     t = (rng.random(len(clusters)) < 0.7).astype(float)
     s = t * (rng.random(len(clusters)) < 0.8)
     got = stats.paired_ratio_bootstrap(t, s, clusters, n_boot=400, rng=np.random.default_rng(3))
-    codes, k = stats.cluster_codes(clusters)
-    draws = stats.draw_clusters(k, 400, np.random.default_rng(3))
-    r = [s[idx].mean() / t[idx].mean() for idx in stats.draw_item_indices(draws, codes, k)]
+    r = _loop_ratio_draws(t, s, clusters, np.random.default_rng(3), 400)
     assert got.value == pytest.approx(s.mean() / t.mean())
     assert got.ci == pytest.approx(tuple(np.quantile(r, [0.025, 0.975])))
     # every cluster: teacher 2 right, student 1 -> the ratio is exactly 0.5 in every draw
@@ -230,43 +181,152 @@ def test_ratio_bootstrap_matches_loop_and_known_case():
     assert math.isnan(zero.value) and zero.ci is None
 
 
+# ---------------------------------------------------------------- linearisation and model intervals
+
+
+def _lin(stat, cols, clusters):
+    codes, k = stats.cluster_codes(clusters)
+    return stats.contributions(stat, cols, codes, k), codes, k
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_contributions_of_a_mean_are_cluster_sums_over_n(seed):
+    rng, clusters = _clustered(seed, n_clusters=15)
+    x = rng.random(len(clusters))
+    lin, codes, k = _lin(lambda c: float(np.mean(c["x"])), {"x": x}, clusters)
+    np.testing.assert_allclose(lin.contrib, np.bincount(codes, weights=x, minlength=k) / len(x), rtol=1e-10)
+    assert lin.value == pytest.approx(x.mean()) and lin.contrib.sum() == pytest.approx(x.mean())
+    np.testing.assert_allclose(lin.weights, np.bincount(codes, minlength=k) / len(x))
+
+
+def test_contributions_of_a_ratio_match_the_delta_method():
+    rng, clusters = _clustered(3, n_clusters=40)
+    a, b = rng.random(len(clusters)), 1 + rng.random(len(clusters))
+    lin, codes, k = _lin(lambda c: float(c["a"].sum() / c["b"].sum()), {"a": a, "b": b}, clusters)
+    r = a.sum() / b.sum()
+    ag, bg = np.bincount(codes, weights=a, minlength=k), np.bincount(codes, weights=b, minlength=k)
+    delta_method = (ag - r * bg) / b.sum()  # STATS.md: u_g = (a_g − R̂·b_g) / B
+    # the jackknife influence equals the delta-method term up to the (N − n_g)/(B − b_g) factor
+    exact = (ag - r * bg) / (b.sum() - bg) * (1 - lin.weights)
+    exact -= lin.weights * exact.sum()  # centred, so the contributions add up to the estimate
+    np.testing.assert_allclose(lin.residuals, exact, rtol=1e-10)
+    np.testing.assert_allclose(lin.residuals, delta_method, atol=0.2 * np.abs(delta_method).max())
+    assert lin.contrib.sum() == pytest.approx(r)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_t_interval_matches_statsmodels_cluster_robust_ols(seed):
+    """Equal cluster sizes: CR2 for an intercept-only model equals statsmodels' CR1 (G/(G−1) factor)."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(seed)
+    k, m = 9, 5
+    clusters = np.repeat(np.arange(k), m)
+    x = rng.normal(size=k)[clusters] + rng.normal(size=k * m)
+    lin, _, _ = _lin(lambda c: float(np.mean(c["x"])), {"x": x}, [str(c) for c in clusters])
+    fit = sm.OLS(x, np.ones_like(x)).fit(cov_type="cluster", cov_kwds={"groups": clusters, "df_correction": True},
+                                         use_t=True)
+    lo, hi = fit.conf_int(alpha=0.05)[0]
+    assert stats.t_interval(lin, 0.95) == pytest.approx((lo, hi), rel=1e-9)
+
+
+def test_degenerate_and_undefined_give_no_interval():
+    ones = {"x": np.ones(12)}
+    lin, _, _ = _lin(lambda c: float(np.mean(c["x"])), ones, [str(i // 3) for i in range(12)])
+    assert stats.t_interval(lin, 0.95) is None  # zero-width: every cluster gives the same value
+    one, _, _ = _lin(lambda c: float(np.mean(c["x"])), {"x": np.arange(4.0)}, ["a"] * 4)
+    assert one is None and stats.t_interval(one, 0.95) is None
+    undefined, _, _ = _lin(lambda c: float(np.nanmean(c["x"])) if np.isfinite(c["x"]).any() else math.nan,
+                           {"x": np.array([1.0, np.nan, np.nan, 0.0])}, ["a", "b", "b", "c"])
+    assert undefined is not None  # leaving any one cluster out still leaves a defined mean
+    gone, _, _ = _lin(lambda c: float(np.nanmean(c["x"])) if np.isfinite(c["x"]).any() else math.nan,
+                      {"x": np.array([1.0, np.nan, np.nan])}, ["a", "b", "b"])
+    assert gone is None  # leaving out cluster a leaves nothing: no linearisation, never 0
+
+
+# ---------------------------------------------------------------- the sign-flip test
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_sign_flip_p_matches_scipy_permutation_test(seed):
+    rng = np.random.default_rng(seed)
+    d = rng.normal(0.3, 1, size=10)
+    w = np.full(10, 0.1)
+    sf = stats.SignFlip(d, w, n_perm=999, rng=rng)
+    ref = sps.permutation_test((d,), np.sum, permutation_type="samples", n_resamples=np.inf,
+                               alternative="two-sided").pvalue
+    assert sf.exact and sf.p() == pytest.approx(ref, rel=1e-12)
+    assert sf.p_floor == 2 / 2**10
+
+
+def test_sampled_sign_flip_p_is_never_below_its_resolution():
+    d = np.full(40, 1.0)  # every cluster moves the same way: the strongest possible evidence
+    sf = stats.SignFlip(d, np.full(40, 1 / 40), n_perm=999, rng=np.random.default_rng(0))
+    assert not sf.exact and sf.p() == pytest.approx(1 / 1000) and sf.p_floor == 1 / 1000
+
+
+@pytest.mark.parametrize("g", [6, 12, 40])
+def test_inverted_interval_agrees_with_its_p_value(g):
+    rng = np.random.default_rng(g)
+    w = rng.integers(1, 8, size=g).astype(float)
+    w /= w.sum()
+    d = w * 3.0 + rng.normal(0, 0.05, size=g)
+    sf = stats.SignFlip(d, w, n_perm=1999, rng=rng)
+    for level in (0.9, 0.95):
+        ci = sf.interval(level)
+        assert ci is not None and ci[0] < sf.delta < ci[1]
+        a = 1 - level
+        assert sf.p(ci[0] - 1e-6) <= a and sf.p(ci[1] + 1e-6) <= a  # just outside: rejected
+        assert sf.p(ci[0] + 1e-3 * (ci[1] - ci[0])) > a and sf.p(ci[1] - 1e-3 * (ci[1] - ci[0])) > a
+        assert (ci[0] > 0) == (sf.p(0.0) <= a)  # the interval excludes 0 exactly when p rejects 0
+
+
+def test_too_few_clusters_have_no_interval_at_that_level():
+    sf = stats.SignFlip(np.array([1.0, 1.1, 0.9, 1.2, 1.0]), np.full(5, 0.2), n_perm=999,
+                        rng=np.random.default_rng(0))
+    assert sf.p_floor == 2 / 32 and sf.interval(0.95) is None and sf.interval(0.8) is not None
+
+
+def test_obf_spending_known_values():
+    assert stats.obf_spent(0.05, 1.0) == pytest.approx(0.05)
+    assert stats.obf_spent(0.05, 0.5) == pytest.approx(2 - 2 * sps.norm.cdf(1.959963984540054 / math.sqrt(0.5)))
+    assert stats.obf_spent(0.05, 0.0) == 0.0
+
+
 # ---------------------------------------------------------------- calibration by simulation
 
 
-def _simulate(n_audits, true_cut_t, true_cut_s, seed, *, k=300, m=2, sigma_u=0.6, rho=0.6, n_boot=400):
-    """Paired clustered binary audits from a latent model whose true Δ is known in closed form.
-
-    Item i in template c: teacher stereotyped = 1{u_c + e_i > cut_T}, student = 1{u_c + e'_i > cut_S},
-    u_c ~ N(0, σ_u²), corr(e, e') = ρ. P(stereotyped) = Φ(−cut / sqrt(1 + σ_u²)).
-    Sizes: the percentile bootstrap is slightly narrow with few clusters (its variance has a
-    (K−1)/K factor and ignores the t-vs-normal gap; with K = 60 it covered ~93.7 % here), so
-    the check uses K = 300 templates of 2 items, where it measured 94.5 % over 5 x 1100 audits.
+def _simulate(n_audits, p_t, p_s, seed, *, k=30, m=6, icc=0.1, copy=0.6):
+    """Paired clustered binary audits with a known Δ: cluster propensities a_g ~ Beta with the given ICC,
+    the student copies the teacher's choice with probability ``copy`` and else draws at a_g + (p_s − p_t).
+    The target is the finite-population Δ given the drawn propensities (what the test conditions on).
     """
     rng = np.random.default_rng(seed)
-    sd = math.sqrt(1 + sigma_u**2)
-    truth = 100 * (sps.norm.cdf(-true_cut_s / sd) - sps.norm.cdf(-true_cut_t / sd))
-    clusters = [f"t{c}" for c in range(k) for _ in range(m)]
-    covered, rejected = 0, 0
+    conc = (1 - icc) / icc
+    covered = rejected = 0
     for _ in range(n_audits):
-        u = np.repeat(rng.normal(0, sigma_u, k), m)
-        e = rng.normal(size=k * m)
-        e2 = rho * e + math.sqrt(1 - rho**2) * rng.normal(size=k * m)
-        t = (u + e > true_cut_t).astype(float)
-        s = (u + e2 > true_cut_s).astype(float)
-        res = stats.paired_mean_bootstrap(t, s, clusters, n_boot=n_boot, rng=rng, neutral=0.5, scale=100)
-        covered += res.delta.ci[0] <= truth <= res.delta.ci[1]
-        rejected += res.p < 0.05
-    return truth, covered / n_audits, rejected / n_audits
+        a = rng.beta(p_t * conc, (1 - p_t) * conc, size=k)
+        shift = p_s - p_t
+        t = (rng.random((k, m)) < a[:, None]).astype(float)
+        own = (rng.random((k, m)) < np.clip(a + shift, 0, 1)[:, None]).astype(float)
+        s = np.where(rng.random((k, m)) < copy, t, own)
+        truth = 100 * (1 - copy) * (np.clip(a + shift, 0, 1) - a).mean()
+        codes = np.repeat(np.arange(k), m)
+        lt = stats.contributions(lambda c: 100 * (c["x"].mean() - 0.5), {"x": t.ravel()}, codes, k)
+        ls = stats.contributions(lambda c: 100 * (c["x"].mean() - 0.5), {"x": s.ravel()}, codes, k)
+        sf = stats.SignFlip(ls.contrib - lt.contrib, lt.weights, n_perm=999, rng=rng)
+        ci = sf.interval(0.95)
+        covered += ci[0] <= truth <= ci[1]
+        rejected += sf.p() <= 0.05
+    return covered / n_audits, rejected / n_audits
 
 
-def test_paired_bootstrap_ci_covers_true_difference_95_percent():
-    truth, coverage, _ = _simulate(1000, -0.3, -0.45, seed=2024)
-    assert truth == pytest.approx(100 * (sps.norm.cdf(0.45 / 1.1662) - sps.norm.cdf(0.3 / 1.1662)), rel=1e-3)
-    assert 0.93 <= coverage <= 0.97, coverage
+def test_sign_flip_interval_covers_the_true_change():
+    coverage, _ = _simulate(300, 0.6, 0.7, seed=2024)
+    assert 0.92 <= coverage <= 0.985, coverage
 
 
-def test_bootstrap_p_rejects_about_5_percent_under_the_null():
-    truth, coverage, rejected = _simulate(600, -0.3, -0.3, seed=7)
-    assert truth == 0.0
-    assert 0.03 <= rejected <= 0.07, rejected
-    assert 0.93 <= coverage <= 0.97, coverage
+def test_sign_flip_test_rejects_about_5_percent_under_the_null():
+    coverage, rejected = _simulate(400, 0.6, 0.6, seed=7)
+    assert rejected <= 0.07, rejected
+    assert coverage >= 0.93, coverage
