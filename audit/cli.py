@@ -38,6 +38,10 @@ def _audit_parser(sub: Any) -> None:
     p.add_argument("--correction", choices=("holm", "bh"))
     p.add_argument("--backend", choices=("engine", "hflm"), help="scoring backend (default engine)")
     p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--until-decided", action="store_true", dest="until_decided", default=None,
+                   help="raise every probe's per-group limit in steps (1/4, 1/2, all of --max-items) until every "
+                   "overall cell is decided; alpha is spent across the looks (O'Brien-Fleming)")
+    p.add_argument("--max-items", type=int, dest="max_items", help="largest per-group limit for --until-decided")
     p.add_argument("--policy", help="also gate the run with this policy file (exit 1 if it fails)")
     p.add_argument("--force", action="store_true", help="overwrite a different run in --out")
 
@@ -48,23 +52,29 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     over: dict[str, Any] = {k: getattr(args, k) for k in ("teacher", "students", "tasks", "task_limit", "data_dir",
                                                            "out", "seed", "n_boot", "tolerance", "alpha",
-                                                           "correction", "backend", "batch_size")}
+                                                           "correction", "backend", "batch_size",
+                                                           "until_decided", "max_items")}
     if args.probes:
         over["probes"] = [{"name": p, **({"limit": args.limit} if args.limit else {})} for p in args.probes]
     over = {k: v for k, v in over.items() if v is not None}
     spec = AuditSpec.from_file(args.spec, **over) if args.spec else AuditSpec.from_dict(over)
+    policy = None
+    if args.policy:  # read before anything is scored: a missing or bad policy must not cost an audit
+        from audit.gate import Policy
+
+        policy = Policy.from_file(args.policy)
     started = time.time()
     out, code = run_audit(spec, force=args.force)
     print(f"audit run written to {out / 'run.json'} ({time.time() - started:.0f} s)"
           + ("" if code == 0 else " - PARTIAL: see 'errors' in run.json"))
-    if args.policy:
+    if policy is not None:
         import json
 
-        from audit.gate import Policy, evaluate, format_table
+        from audit.gate import evaluate, format_table
 
-        result = evaluate(json.loads((out / "run.json").read_text()), Policy.from_file(args.policy))
+        result = evaluate(json.loads((out / "run.json").read_text()), policy)
         print(format_table(result))
-        return max(code, result.exit_code) if code == 2 else result.exit_code
+        return result.exit_code  # the gate fails closed on a partial run, and reports a policy failure first
     return code
 
 

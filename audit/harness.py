@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from audit.compare import ALL
 from audit.errors import BequeathError
 from audit.models import LoadedModel, ModelRef, cache_dir, load_model
 from audit.spec import AuditSpec
@@ -46,17 +47,19 @@ class PreparedProbe:
     limit: int | None
 
 
-def _prepare_probes(spec: AuditSpec) -> list[PreparedProbe]:
+def _prepare_probes(spec: AuditSpec, *, limit: int | None = None) -> list[PreparedProbe]:
+    """Each probe's items, sampled at its own limit (or at ``limit``, an adaptive look's, when given)."""
     data_dir = Path(spec.data_dir) if spec.data_dir else None
     out = []
     for ps in spec.probes:
         probe = get_probe(ps.name, **ps.options)
         loaded = probe.load(data_dir, allow_skip=spec.allow_skip)
-        items = stratified_sample(loaded.items, by=probe.group_keys[:1], limit=ps.limit, seed=spec.seed)
+        n = limit or ps.limit
+        items = stratified_sample(loaded.items, by=probe.group_keys[:1], limit=n, seed=spec.seed)
         if not items:
-            raise ProbeError(f"Probe '{ps.name}' yielded no items (after sampling with limit {ps.limit}).")
+            raise ProbeError(f"Probe '{ps.name}' yielded no items (after sampling with limit {n}).")
         out.append(PreparedProbe(name=ps.name, probe=probe, items=items, n_total=len(loaded.items),
-                                 n_skipped=loaded.n_skipped, files=dict(loaded.files), limit=ps.limit))
+                                 n_skipped=loaded.n_skipped, files=dict(loaded.files), limit=n))
     return out
 
 
@@ -79,7 +82,8 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
     name = loaded.ref.name
     found: dict[str, Any] = {}
     for pp in probes:
-        key = {"model": loaded.content_hash, "probe": pp.name, "version": pp.probe.version,
+        # the dtype is part of the key: a bfloat16 copy of a model gives different results from its weights
+        key = {"model": loaded.content_hash, "dtype": loaded.ref.dtype, "probe": pp.name, "version": pp.probe.version,
                "data": sorted(pp.files.values()), "options": _probe_options(spec, pp.name)}
 
         def compute(positions: list[int], pp=pp) -> list[dict]:
@@ -94,7 +98,7 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
     for task in spec.tasks:
         try:
             data = task_data_file(task, Path(spec.data_dir) if spec.data_dir else None)
-            key = {"model": loaded.content_hash, "task": task, "version": "1", "limit": spec.task_limit,
+            key = {"model": loaded.content_hash, "dtype": loaded.ref.dtype, "task": task, "version": "1", "limit": spec.task_limit,
                    "data": hashlib.sha256(data.read_bytes()).hexdigest(), "seed": spec.seed}
 
             def compute_task(_: list[int], task=task) -> list[dict]:
@@ -114,13 +118,47 @@ def _probe_options(spec: AuditSpec, name: str) -> dict:
     return next((p.options for p in spec.probes if p.name == name), {})
 
 
+LOOK_FRACTIONS = (0.25, 0.5, 1.0)  # an adaptive audit's looks, as shares of max_items (fixed in advance)
+
+
 def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) -> tuple[Path, int]:
-    """Run ``spec``; returns (run directory, exit code: 0 complete, 2 partial/insufficient)."""
+    """Run ``spec``; returns (run directory, exit code: 0 complete, 2 partial/insufficient).
+
+    With ``until_decided`` the per-group limit of every probe rises through ``LOOK_FRACTIONS`` of
+    ``max_items``; after each look the statistics are recomputed at that look's share of α
+    (O'Brien-Fleming spending, see audit.compare), and the audit stops once every overall cell is
+    decided. The nested samples and the per-item cache make each look score only the added items.
+    """
     out = Path(spec.out)
     spec_hash = spec.spec_hash()
     prepare_run_dir(out, spec_hash, force=force)
-    probes = _prepare_probes(spec)
     cache = ResultsCache(Path(spec.cache) if spec.cache else cache_dir() / "results")
+    plan = [(None, ())]
+    if spec.until_decided:
+        plan = [(max(1, math.ceil(f * spec.max_items)), LOOK_FRACTIONS[: i + 1]) for i, f in enumerate(LOOK_FRACTIONS)]
+    looks_done = []
+    for limit, looks in plan:
+        probes = _prepare_probes(spec, limit=limit)
+        models, results, errors = _score_models(spec, probes, cache, progress)
+        run = build_run(spec, spec_hash, probes, models, results, errors, looks=looks)
+        undecided = [c for c in run["comparisons"] if c["group_key"] == ALL and c["verdict"] == "inconclusive"]
+        looks_done.append({"limit": limit, "information": looks[-1] if looks else 1.0,
+                           "alpha_spent": run["settings"]["alpha_look"], "undecided_overall": len(undecided)})
+        if progress and spec.until_decided:
+            print(f"look {len(looks_done)}: limit {limit} per group, {len(undecided)} overall cell(s) undecided",
+                  flush=True)
+        if not undecided or run["status"] != "complete":
+            break
+    if spec.until_decided:
+        run["settings"]["adaptive"] = looks_done
+    write_jsonl(out / "items.jsonl", _items_rows(probes, results))
+    write_atomic(out / "run.json", json.dumps(run, indent=1, allow_nan=False, default=_json_default))
+    return out, (0 if run["status"] == "complete" else 2)
+
+
+def _score_models(spec: AuditSpec, probes: list[PreparedProbe], cache: ResultsCache,
+                  progress: bool) -> tuple[list[dict], dict[str, dict[str, Any]], list[dict]]:
+    """Load each model once, score every probe and task through the cache: (models, results, errors)."""
     refs: list[tuple[str, ModelRef]] = [("teacher", spec.teacher)] + [("student", s) for s in spec.students]
     errors: list[dict] = []
     models: list[dict] = []
@@ -148,11 +186,7 @@ def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) ->
         results[ref.name] = _score_model(loaded, spec, probes, cache, errors)
         del loaded
         gc.collect()
-    items_rows = _items_rows(probes, results)
-    write_jsonl(out / "items.jsonl", items_rows)
-    run = build_run(spec, spec_hash, probes, models, results, errors)
-    write_atomic(out / "run.json", json.dumps(run, indent=1, allow_nan=False, default=_json_default))
-    return out, (0 if run["status"] == "complete" else 2)
+    return models, results, errors
 
 
 def _json_default(o: Any) -> Any:

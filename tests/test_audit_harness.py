@@ -202,3 +202,61 @@ def test_documented_example_spec_and_policy_are_valid():
     assert len(spec.probes) == 8 and spec.tasks == ("bundled_qa", "arc_easy_local")
     policy = Policy.from_file(docs / "policy.yaml")
     assert list(policy.required_probes) == ["bundled", "crows_pairs"]
+
+
+def test_until_decided_stops_at_the_first_look_when_every_overall_cell_is_decided(tmp_path, tiny_model_dir):
+    """The teacher against itself: every Δ is exactly 0, so the first look decides ('unchanged')."""
+    spec = _spec(tmp_path, tiny_model_dir, tiny_model_dir, students=[{"name": "copy", "path": str(tiny_model_dir)}],
+                 tasks=[], until_decided=True, max_items=40)
+    out, code = run_audit(spec, progress=False)
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    looks = run["settings"]["adaptive"]
+    assert len(looks) == 1 and looks[0]["limit"] == 10 and looks[0]["undecided_overall"] == 0
+    assert run["settings"]["looks"] == [0.25]
+    # the first look spends only the O'Brien-Fleming share of alpha, and every interval is at that level
+    assert run["settings"]["alpha_look"] == pytest.approx(2 - 2 * __import__("scipy").stats.norm.cdf(1.959964 / 0.5),
+                                                          rel=1e-4)
+    overall = [c for c in run["comparisons"] if c["group_key"] == "all"]
+    assert [c["verdict"] for c in overall] == ["unchanged"]
+    assert run["probes"][0]["limit"] == 10 and run["probes"][0]["models"]["teacher"]["n_scored"] == 40
+
+
+def test_until_decided_raises_the_limit_and_scores_only_added_items(tmp_path, tiny_model_dir, student_dir,
+                                                                    monkeypatch):
+    import audit.lm
+
+    scored = []
+    real = audit.lm.score_probe_items
+
+    def counting(lm, probe, items, **kw):
+        scored.append(len(items))
+        return real(lm, probe, items, **kw)
+
+    monkeypatch.setattr(audit.lm, "score_probe_items", counting)
+    spec = _spec(tmp_path, tiny_model_dir, student_dir, tasks=[], until_decided=True, max_items=24)
+    out, code = run_audit(spec, progress=False)
+    run = json.loads((out / "run.json").read_text())
+    looks = run["settings"]["adaptive"]
+    assert [lk["limit"] for lk in looks] == [6, 12, 24][: len(looks)]
+    if len(looks) < 3:  # stopped early: only because every overall cell was decided
+        assert looks[-1]["undecided_overall"] == 0
+    assert sum(lk["alpha_spent"] for lk in looks) <= 0.05 + 1e-12
+    # each look scores only the items it adds (4 bias types x the limit's increase), per model
+    final = looks[-1]["limit"]
+    assert sum(scored) == 2 * 4 * final and run["probes"][0]["models"]["student"]["n_scored"] == 4 * final
+    # a rerun of the same spec is served from the cache: nothing is scored again, the same verdicts
+    scored.clear()
+    out2, _ = run_audit(spec, progress=False, force=True)
+    assert sum(scored) == 0
+    run2 = json.loads((out2 / "run.json").read_text())
+    assert [c["verdict"] for c in run2["comparisons"]] == [c["verdict"] for c in run["comparisons"]]
+
+
+def test_until_decided_needs_max_items_and_strict_booleans():
+    with pytest.raises(SpecError) as err:
+        AuditSpec.from_dict({"until_decided": True})
+    assert "max_items" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        AuditSpec.from_dict({"until_decided": "yes", "max_items": 0})
+    assert "until_decided: expected true or false, got 'yes'" in str(err.value) and "max_items" in str(err.value)
