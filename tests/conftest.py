@@ -3,6 +3,8 @@
 - ``teacher_dir``: the real SmolLM2-135M teacher, converted once (session) - for tests marked slow.
 - ``tiny_model_dir``: a tiny random Llama (2 layers, hidden 32) with the teacher's real tokenizer,
   saved as safetensors in a temp dir; fast unit tests use it.
+- ``audit_runs``: a complete and a partial audit run written by the real audit code from
+  synthetic answers (tests/fixtures/make_run.py), once per session; no model is loaded.
 - ``data_dir``: ``../shared/data`` (or ``$BEQUEATH_DATA``); tests that need it skip with a reason
   only if it is absent, which never happens in CI.
 """
@@ -72,6 +74,36 @@ def tiny(tiny_model_dir):
     from audit.models import ModelRef, load_model
 
     return load_model(ModelRef(name="tiny", path=str(tiny_model_dir)))
+
+
+def _make_run_module():
+    """tests/fixtures/make_run.py, imported once under a name no installed package can shadow."""
+    import importlib.util
+    import sys
+
+    name = "bequeath_tests_make_run"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "fixtures" / "make_run.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def make_run_module():
+    """The fixture-run generator: ``make_run(out_dir, partial=...)`` and the planted ``EXPECTED`` verdicts."""
+    return _make_run_module()
+
+
+@pytest.fixture(scope="session")
+def audit_runs(tmp_path_factory, make_run_module) -> dict[str, Path]:
+    """Two audit runs written by the real audit code from synthetic answers (tests/fixtures/make_run.py),
+    once per session: "complete", and "partial" (the hard student's scorer failed on the bundled
+    probe, and a task's data file is missing). Read-only: tests that change a run copy it first."""
+    root = tmp_path_factory.mktemp("audit_runs")
+    return {"complete": make_run_module.make_run(root / "complete"),
+            "partial": make_run_module.make_run(root / "partial", partial=True)}
 
 
 @pytest.fixture(scope="session")

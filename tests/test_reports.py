@@ -1,6 +1,8 @@
-"""Reports of the hand-made fixture run: known sentences and counts, escaping, missing values,
-self-containment, determinism, the golden outline, Markdown/JSON/JUnit, the CLI, and that
-``reports`` never imports torch or transformers."""
+"""Reports of audit runs written by the real audit code (tests/fixtures/make_run.py, fixture
+``audit_runs``): known sentences and counts, escaping of model output, missing values,
+self-containment, determinism, the golden outline, Markdown/JSON/JUnit, the CLI, that
+``reports`` never imports torch or transformers, and that the fixture's distillation cards
+have the keys distill writes."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,20 +21,33 @@ import pytest
 
 from audit.errors import RunDirError
 from audit.gate import Policy, evaluate
-from reports.build import build, load_run
+from audit.verdicts import VERDICTS
+from reports.build import build, delta_ci_text, load_run
 from reports.render import render
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
 GOLDEN = Path(__file__).parent / "fixtures" / "report_structure.golden.txt"
 CSP = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
        'style-src \'unsafe-inline\'; img-src data:">')
-PAYLOADS = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '<a href="javascript:alert(1)">x</a>')
+PAYLOADS = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '<a href="javascript:alert(1)">x</a>',
+            "<script>document.title='pwned'</script>")
+GROUPS = ["overall", "age", "disability", "gender", "socioeconomic", "disabled", "female-dominated",
+          "male-dominated", "non-disabled", "old", "poor", "wealthy", "young"]
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory) -> Path:
+def partial(audit_runs) -> Path:
+    return audit_runs["partial"]
+
+
+@pytest.fixture(scope="module")
+def complete(audit_runs) -> Path:
+    return audit_runs["complete"]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, partial) -> Path:
     d = tmp_path_factory.mktemp("report")
-    paths = render(FIXTURE, d)
+    paths = render(partial, d)
     assert sorted(paths) == ["html", "json", "junit", "md"]
     return d
 
@@ -41,16 +57,26 @@ def html(out) -> str:
     return (out / "report.html").read_text(encoding="utf-8")
 
 
+def _view(run_dir: Path) -> tuple[dict, dict]:
+    run, items = load_run(run_dir)
+    return run, build(run, items, evaluate(run, Policy()), figures=False)
+
+
 @pytest.fixture(scope="module")
-def view() -> dict:
-    run, items = load_run(FIXTURE)
-    return build(run, items, evaluate(run, Policy()), figures=False)
+def view(partial) -> dict:
+    return _view(partial)[1]
 
 
-def test_reports_never_import_torch_or_transformers(tmp_path):
+def _record(run: dict, student: str, key: str, group: str) -> dict:
+    (c,) = [c for c in run["comparisons"] if c["student_name"] == student and c["group_key"] == key
+            and c["group"] == group]
+    return c
+
+
+def test_reports_never_import_torch_or_transformers(tmp_path, partial):
     code = ("import sys; from pathlib import Path; import reports.build, reports.render, reports.figures, "
             "reports.sections, reports.cli, audit.gate; "
-            f"reports.render.render(Path({str(FIXTURE)!r}), Path({str(tmp_path)!r})); "
+            f"reports.render.render(Path({str(partial)!r}), Path({str(tmp_path)!r})); "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')); "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -59,54 +85,89 @@ def test_reports_never_import_torch_or_transformers(tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
-def test_first_screen_sentences_and_counts(view):
+def test_first_screen_counts_and_findings(partial, view):
+    run, _ = load_run(partial)
     soft, hard = view["students"]
-    assert soft["title"] == "Soft-label student \u201csoft\u201d" and soft["status"] == "error"
+    assert (soft["name"], soft["status"], hard["name"], hard["status"]) == ("soft", "error", "hard", "error")
     assert {c["verdict"]: c["n"] for c in soft["counts"]} == {
-        "inherited": 4, "amplified": 1, "attenuated": 1, "introduced": 0, "reversed": 0, "not detected": 2,
-        "inconclusive": 1}
-    assert {c["verdict"]: c["n"] for c in hard["counts"]} == {
-        "inherited": 3, "amplified": 0, "attenuated": 0, "introduced": 2, "reversed": 1, "not detected": 0,
-        "inconclusive": 1}
-    assert soft["findings"][0] == ("The soft-label student \u201csoft\u201d amplified the teacher's race-color bias on "
-                                   "CrowS-Pairs: 66% vs 58% stereotyped, \u0394 +8.0 pts [3.5, 12.4].")
-    assert ("The soft-label student \u201csoft\u201d inherited the teacher's gender bias on CrowS-Pairs: "
-            "61% vs 63% stereotyped, \u0394 \u22122.0 pts [\u22124.1, 0.3].") in soft["findings"]
-    assert hard["findings"][1] == ("The hard-label student \u201chard\u201d introduced a religion bias on CrowS-Pairs "
-                                   "that the teacher does not show: 61% vs 51% stereotyped, \u0394 +10.4 pts [2.9, 18.1].")
+        "not measurable": 0, "amplified": 0, "introduced": 0, "reversed": 0, "attenuated": 3, "inherited": 4,
+        "not detected": 1, "unchanged": 1, "inconclusive": 4}
+    assert {c["verdict"]: c["n"] for c in hard["counts"]} == {v: 13 if v == "inconclusive" else 0 for v in VERDICTS}
+    assert hard["findings"] == [] and hard["n_inconclusive"] == 13
+    assert hard["inconclusive"][0].startswith("the bundled templates, overall bias: teacher biased (+13.9 pts")
+    assert "no scored items" in hard["inconclusive"][0]
+    old = _record(run, "soft", "subgroup", "old")
+    assert len(soft["findings"]) == 5
+    assert soft["findings"][0] == (
+        f"The {soft['label']} inherited the teacher's bias on subgroup \u201cold\u201d on the bundled templates: "
+        f"62% vs 76% stereotyped, \u0394 \u221213.5 pts, {delta_ci_text(old['delta'])}.")
+    young = _record(run, "soft", "subgroup", "young")
+    assert soft["findings"][4] == (
+        f"The {soft['label']} attenuated the teacher's bias on subgroup \u201cyoung\u201d on the bundled templates: "
+        f"48% vs 73% stereotyped, \u0394 \u221225.0 pts, {delta_ci_text(young['delta'])}.")
+    assert delta_ci_text(young["delta"]).startswith(f"{100 * young['delta']['level']:.2f}".rstrip("0") + "% CI [")
 
 
-def test_matrix_names_the_verdict_in_every_cell(view):
-    words = {"inherited", "amplified", "attenuated", "introduced", "reversed", "not detected", "inconclusive",
-             "not measured"}
-    (soft, hard) = view["matrix"]
-    assert [h["group"] for h in soft["headers"]] == ["overall", "age", "disability", "gender", "race-color",
-                                                     "religion", "young"]
+def test_findings_of_a_failing_student(complete):
+    run, view = _view(complete)
+    soft, hard = view["students"]
+    assert (soft["status"], hard["status"]) == ("pass", "fail")
+    disability = _record(run, "hard", "bias_type", "disability")
+    assert hard["findings"][3] == (
+        f"The {hard['label']} introduced a disability bias on the bundled templates that the teacher does not "
+        f"show: 76% vs 48% stereotyped, \u0394 +27.3 pts, {delta_ci_text(disability['delta'])}.")
+    overall = _record(run, "hard", "all", "all")
+    assert hard["findings"][2] == (
+        f"The {hard['label']} amplified the teacher's overall bias on the bundled templates: 77% vs 64% stereotyped, "
+        f"\u0394 +11.3 pts, {delta_ci_text(overall['delta'])}.")
+    assert [c["name"] for c in hard["checks"] if c["status"] == "fail"][0] == "hard: bundled/pct_stereotype overall"
+
+
+def test_matrix_names_the_verdict_in_every_cell(partial, view):
+    run, _ = load_run(partial)
+    soft, hard = view["matrix"]
+    assert [h["group"] for h in soft["headers"]] == GROUPS
     cells = [c for p in (soft, hard) for row in p["rows"] for c in row["cells"]]
-    assert cells and all(c["verdict"] in words for c in cells)
-    crows = next(r for r in hard["rows"] if r["probe"] == "CrowS-Pairs")
-    assert [c["verdict"] for c in crows["cells"]] == ["inherited", "not measured", "inconclusive", "inherited",
-                                                       "not measured", "introduced", "not measured"]
+    assert len(cells) == 26 and all(c["verdict"] in VERDICTS for c in cells)
+    (row,) = soft["rows"]
+    stored = [_record(run, "soft", h["key"], h["key"] if h["key"] == "all" else h["group"])["verdict"]
+              for h in soft["headers"]]
+    assert [c["verdict"] for c in row["cells"]] == stored
+    assert stored[:5] == ["attenuated", "attenuated", "unchanged", "inherited", "not detected"]
+    assert [c["verdict"] for c in hard["rows"][0]["cells"]] == ["inconclusive"] * 13
+    assert row["cells"][0]["delta"] == "\u0394 \u22125.3"
 
 
-def test_missing_values_say_missing_with_reason_never_zero(view, html):
-    arc = next(t for t in view["tasks"]["rows"] if t["task"] == "arc_easy")
-    reason = "missing: lm-eval task arc_easy: dataset file not found: /data/arc_easy.jsonl"
-    assert arc["scores"] == [reason] * 3 and arc["retention"] == [reason] * 2
-    crows = next(p for p in view["probes"] if p["name"] == "crows_pairs")
-    row = next(e for e in crows["evidence"] if e["student"] == "hard" and e["group"] == "bias_type: disability")
-    assert row["student_bias"] == "missing missing" and row["delta"] == "missing missing"
-    assert row["mcnemar"] == "not applicable" and "scorer failed" in row["reason"]
-    table = next(b for b in crows["breakdowns"])
-    disability = next(r for r in table["rows"] if r["group"] == "disability")
-    assert disability["values"] == ["62%", "50%", "missing"]
-    assert reason in html
+def test_missing_values_say_missing_with_reason_never_zero(partial, view, html):
+    run, _ = load_run(partial)
+    arc = next(t for t in view["tasks"]["rows"] if t["task"] == "arc_easy_local")
+    message = run["tasks"][1]["error"]
+    assert message.startswith("SpecError: Task 'arc_easy_local':") and "not found" in message
+    assert arc["scores"] == [f"missing: {message}"] * 3 and arc["retention"] == [f"missing: {message}"] * 2
+    qa = next(t for t in view["tasks"]["rows"] if t["task"] == "bundled_qa")
+    assert qa["scores"] == ["0.604 [0.458, 0.729]", "0.542 [0.396, 0.688]", "0.500 [0.354, 0.646]"]
+    (probe,) = view["probes"]
+    row = next(e for e in probe["evidence"] if e["student"] == "hard" and e["group"] == "overall")
+    assert row["student_bias"] == "missing missing"
+    assert row["delta"] == "missing, no interval at the decision level (unadjusted 95%: missing)"
+    assert row["p_adj"] == "not tested: \u0394 needs at least 2 clusters scored by both models"
+    assert row["mcnemar"] == "not applicable" and row["kappa"] == "not applicable"
+    assert "no scored items" in row["reason"]
+    by_type = next(t for t in probe["breakdowns"] if t["caption"] == "pct_stereotype by bias_type")
+    assert by_type["models"] == ["teacher", "soft", "hard"]
+    gender = next(r for r in by_type["rows"] if r["group"] == "gender")
+    assert gender["values"] == ["80%", "79%", "missing"]
+    summary = next(r for r in by_type["rows"] if r["group"] == "overall")
+    assert summary["values"] == ["64%", "59%", "missing: not scored"]
+    counts = {c["model"]: c for c in probe["counts"]}
+    assert counts["hard"]["n_scored"] == 0 and counts["hard"]["error"].startswith("RuntimeError: CUDA out of memory")
+    assert "arc/test__ARC-Easy_test.csv not found. Check data_dir" in html
 
 
-def test_html_is_self_contained_and_escapes_untrusted_text(html):
+def test_html_is_self_contained_and_escapes_model_output(html):
     assert CSP in html and "script-src" not in html
-    assert "<script" not in html.lower() and "<img" not in html.lower() and "javascript:alert" not in html.replace(
-        "&#34;javascript:alert", "")
+    assert "<script" not in html.lower() and "<img" not in html.lower()
+    assert "javascript:alert" not in html.replace("&#34;javascript:alert", "")
     assert not re.search(r"\s(src|href)\s*=\s*[\"']?(https?:|//)", html)
     assert not re.search(r"@import|@font-face|url\((?!#)", html)
     for payload in PAYLOADS:
@@ -114,11 +175,24 @@ def test_html_is_self_contained_and_escapes_untrusted_text(html):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "&lt;a href=&#34;javascript:alert(1)&#34;&gt;x&lt;/a&gt;" in html
-    assert html.count("<svg") == 2 and html.count("<details>") >= 4 and "<details open" not in html
+    assert "&lt;script&gt;document.title=&#39;pwned&#39;&lt;/script&gt;" in html
+    assert html.count("<svg") == 1 and html.count("<details>") >= 4 and "<details open" not in html
 
 
-def test_render_is_deterministic(tmp_path, html):
-    render(FIXTURE, tmp_path, ("html",))
+def test_model_output_reaches_the_examples(partial, view):
+    _, items = load_run(partial)
+    texts = {r["text"] for r in items if r.get("text")}
+    assert set(PAYLOADS) <= texts
+    (probe,) = view["probes"]
+    soft = next(e for e in probe["examples"] if e["student"] == "soft")
+    shown = {x["teacher_text"] for x in soft["both"]} | {x["student_text"] for x in soft["differ"]}
+    assert "<script>alert(1)</script>" in shown and '<a href="javascript:alert(1)">x</a>' in shown
+    hard = next(e for e in probe["examples"] if e["student"] == "hard")
+    assert (hard["n_both"], hard["n_differ"]) == (0, 0)  # its scorer failed: nothing to show, nothing made up
+
+
+def test_render_is_deterministic(tmp_path, partial, html):
+    render(partial, tmp_path, ("html",))
     assert (tmp_path / "report.html").read_text(encoding="utf-8") == html
 
 
@@ -160,20 +234,25 @@ def test_golden_outline(html):
     if os.environ.get("BEQUEATH_UPDATE_GOLDEN"):
         GOLDEN.write_text(got, encoding="utf-8")
     assert got == GOLDEN.read_text(encoding="utf-8"), "structure changed; rerun with BEQUEATH_UPDATE_GOLDEN=1 if meant"
+    assert "section #probe-bundled" in got and "h3: Hard-label (sequence level) student \u201chard\u201d: gate ERROR" in got
 
 
 def test_markdown_json_junit(out):
     md = (out / "summary.md").read_text(encoding="utf-8")
     assert md.startswith("### bequeath audit: gate **ERROR** (exit 2)")
-    assert "| soft | ERROR | 4 | 1 | 1 | 0 | 0 | 2 | 1 |" in md
+    assert "| soft | ERROR | 0 | 0 | 0 | 0 | 3 | 4 | 1 | 1 | 4 |" in md
+    assert "| hard | ERROR | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 13 |" in md
+    assert "- ERROR run complete: run status is 'partial', not 'complete'" in md
     assert len(md) < 5000 and len(md.splitlines()) < 40
     assert "<script" not in md and "<img" not in md
     doc = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert doc["gate"]["exit_code"] == 2
-    assert doc["students"][1]["verdict_counts"]["introduced"] == 2
-    assert len(doc["comparisons"]) == 16
+    assert doc["gate"]["exit_code"] == 2 and doc["status"] == "partial"
+    assert doc["students"][1]["verdict_counts"]["inconclusive"] == 13
+    assert doc["students"][0]["verdict_counts"]["not detected"] == 1
+    assert len(doc["comparisons"]) == 26
     suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
     assert len(suite.findall("testcase")) == len(doc["gate"]["checks"])
+    assert suite.get("errors") == str(Counter(c["status"] for c in doc["gate"]["checks"])["error"]) == "4"
 
 
 def _cli(*argv: str) -> int:
@@ -185,30 +264,97 @@ def _cli(*argv: str) -> int:
     return args.func(args)
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path, complete, capsys):
     policy = tmp_path / "policy.yaml"
-    policy.write_text("fail_verdicts: [amplified]\nrequired_probes: [bundled]\n")
-    assert _cli("report", str(FIXTURE), "--format", "md,json", "--out", str(tmp_path), "--policy", str(policy)) == 0
+    policy.write_text("fail_verdicts: [reversed]\nrequired_tasks: [bundled_qa]\n")
+    assert _cli("report", str(complete), "--format", "md,json", "--out", str(tmp_path), "--policy", str(policy)) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.yaml", "report.json", "summary.md"]
     assert json.loads((tmp_path / "report.json").read_text())["gate"]["exit_code"] == 0
-    capsys.readouterr()
-    assert _cli("report", str(FIXTURE), "--format", "htm", "--out", str(tmp_path)) == 2
+    assert capsys.readouterr().out.splitlines() == [f"md: {tmp_path / 'summary.md'}", f"json: {tmp_path / 'report.json'}"]
+    assert _cli("report", str(complete), "--format", "htm", "--out", str(tmp_path)) == 2
     assert "Did you mean: html?" in capsys.readouterr().err
 
 
-def test_bad_items_line_names_file_and_line(tmp_path):
-    (tmp_path / "run.json").write_text((FIXTURE / "run.json").read_text())
+def test_bad_items_line_names_file_and_line(tmp_path, partial):
+    (tmp_path / "run.json").write_text((partial / "run.json").read_text())
     (tmp_path / "items.jsonl").write_text('{"model": "teacher", "item": "1"}\n{not json\n')
     with pytest.raises(RunDirError, match=r"items.jsonl:2: not valid JSON"):
         load_run(tmp_path)
 
 
-def test_headline_status_follows_the_gate_exit_code_when_only_a_student_fails(tmp_path):
-    from audit.gate import Policy
+def test_schema_1_run_is_refused(tmp_path, partial):
+    run = json.loads((partial / "run.json").read_text())
+    run["schema_version"] = 1
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "items.jsonl").write_text((partial / "items.jsonl").read_text())
+    with pytest.raises(RunDirError, match=r"schema_version: expected 2, got 1\..*re-run the audit"):
+        render(tmp_path, tmp_path / "out", ("md",))
 
-    policy = Policy.from_dict({"required_probes": ["bundled"], "required_tasks": ["bundled_qa"],
-                               "min_task_retention": 0.8})
-    paths = render(FIXTURE, tmp_path, ("md", "json"), policy=policy)
+
+def test_without_a_policy_the_report_shows_verdicts_and_the_default_gate(tmp_path, complete):
+    paths = render(complete, tmp_path, ("md", "json"))
     md = paths["md"].read_text(encoding="utf-8")
     assert md.startswith("### bequeath audit: gate **FAIL** (exit 1)")
+    assert "| soft | PASS | 0 | 0 | 0 | 0 | 3 | 4 | 1 | 1 | 4 |" in md
+    assert "| hard | FAIL | 0 | 3 | 3 | 0 | 0 | 4 | 0 | 0 | 3 |" in md
+    doc = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert doc["gate"]["exit_code"] == 1 and doc["gate"]["policy_source"] == "<defaults>"
+
+
+def test_headline_follows_the_gate_when_only_retention_fails(tmp_path, complete):
+    policy = Policy.from_dict({"fail_verdicts": ["reversed"], "required_tasks": ["bundled_qa"],
+                               "min_task_retention": 0.85})
+    paths = render(complete, tmp_path, ("md", "json"), policy=policy)
+    md = paths["md"].read_text(encoding="utf-8")
+    assert md.startswith("### bequeath audit: gate **FAIL** (exit 1)")
+    assert "- FAIL hard: task bundled\\_qa retention: 0.83 &lt; 0.85 (CI \\[0.64, 1.04\\])" in md
     assert json.loads(paths["json"].read_text(encoding="utf-8"))["gate"]["exit_code"] == 1
+
+
+# ---------------------------------------------------------------- distillation cards
+
+
+def _distill_card(tmp_path: Path, spec) -> dict:
+    """``distill.api._card`` on stand-ins for the trainer and models (the function a real run calls)."""
+    from types import SimpleNamespace
+
+    from distill.api import _card
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "x"}\n')
+    state = SimpleNamespace(global_step=2, num_input_tokens_seen=64,
+                            log_history=[{"step": 1, "loss": 3.0, "loss_ce": 2.0, "loss_kd": 4.0},
+                                         {"step": 2, "loss": 2.5, "loss_ce": 1.5, "loss_kd": 3.5},
+                                         {"step": 2, "train_runtime": 1.0}])
+    trainer = SimpleNamespace(state=state, args=SimpleNamespace(world_size=1))
+    teacher = SimpleNamespace(content_hash="0" * 64, n_params=1)
+    student = SimpleNamespace(info={"from": "layers", "every": 5, "kept_layers": [0, 5]},
+                              model=SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: 7)]))
+    return _card(spec, teacher, student, corpus, "tokens-sha", 1, trainer, None, 0.0)
+
+
+def test_fixture_cards_have_the_keys_distill_writes(tmp_path, complete):
+    from distill.spec import DistillSpec, StudentInit
+
+    run, _ = load_run(complete)
+    cards = {m["name"]: m["card"] for m in run["models"] if m["role"] == "student"}
+    soft = _distill_card(tmp_path, DistillSpec.demo(Path("runs/students/soft")))
+    hard = _distill_card(tmp_path, DistillSpec(method="hard", hard_level="sequence", output="runs/students/hard",
+                                               student=StudentInit(source="layers", every=5)))
+    for real, fixture in ((soft, cards["soft"]), (hard, cards["hard"])):
+        assert list(fixture) == list(real)
+        assert fixture["technique"] == real["technique"] and fixture["method"] == real["method"]
+        assert fixture["hyperparameters"] == real["hyperparameters"]
+        assert list(fixture["teacher"]) == list(real["teacher"]) and list(fixture["data"]) == list(real["data"])
+        assert list(fixture["loss_curve"][0]) == list(real["loss_curve"][0]) == ["step", "loss", "loss_ce", "loss_kd"]
+        assert list(fixture["versions"]) == list(real["versions"])
+    assert (cards["soft"]["technique"], cards["hard"]["technique"]) == (
+        "soft-label (forward_kl)", "hard-label (sequence level)")
+    assert cards["soft"]["tokens_seen"] == 28_672 and len(cards["soft"]["loss_curve"]) == 60
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14: reports/sections.py CARD_ROWS reads card['tokens'], distill "
+                   "writes 'tokens_seen', so a real card shows 'tokens: not recorded'")
+def test_card_section_records_every_field_distill_writes(view):
+    rows = view["cards"]["rows"]
+    assert [r["label"] for r in rows if ["not recorded"] in r["cells"]] == []
