@@ -18,7 +18,7 @@ A model's state on a cell (τ = tolerance in points):
 "Significant" = adjusted p ≤ α with the estimate Δ̂ at least τ away from 0; the direction of a
 change is the sign of Δ̂ (a two-sided test at α also controls the directional error).
 
-Rules, first match wins:
+Rules, first match wins (a missing bias or Δ makes every rule below the first inapplicable):
   not measurable  a model's ability is at or below the probe's floor, or its answers are degenerate;
   amplified       student biased; teacher not within tolerance and leaning the same way (a bias
                   to amplify); significant Δ away from neutral in the student's direction;
@@ -120,6 +120,8 @@ def decide(rec: Mapping[str, Any], *, tau: float, alpha: float) -> tuple[str, st
     bt, bs, dv = t.get("bias"), s.get("bias"), d.get("value")
     sides = f"{_side_txt('teacher', t, T)}, {_side_txt('student', s, S)}"
     dtxt = _delta_txt(d)
+    if not (_finite(bt) and _finite(bs) and _finite(dv)):  # nothing is judged on a missing measurement
+        return "inconclusive", _inconclusive(rec, T, S, sides, dtxt, tau)
     if S == "biased" and sig:
         toward_student = sign(dv) == sign(bs)
         if toward_student and T != "within tolerance" and _finite(bt) and sign(bt) == sign(bs):

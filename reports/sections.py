@@ -117,7 +117,7 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 
 CARD_ROWS = (("technique", "technique"), ("hyperparameters", "hyperparameters"), ("student init", "student_init"),
-             ("data", "data"), ("steps", "steps"), ("tokens", "tokens"), ("wall time (s)", "wall_time_s"),
+             ("data", "data"), ("steps", "steps"), ("tokens seen", "tokens_seen"), ("wall time (s)", "wall_time_s"),
              ("final loss", "final_loss"), ("teacher", "teacher"), ("versions", "versions"))
 
 

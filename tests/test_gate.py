@@ -260,7 +260,11 @@ def test_tampered_verdict_is_an_error_naming_the_cell(run):
 
 @pytest.mark.parametrize("mutate, name, reason", [
     (lambda r: cell(r, HARD, "overall")["delta"].update(value=None), check_name(HARD, "overall"),
-     "stored verdict 'amplified' is not what its own numbers give ('inherited'): "
+     "stored verdict 'amplified' is not what its own numbers give ('inconclusive'): "
+     "the run was changed after the audit; re-run it"),
+    # a blanked student bias is missing evidence, whatever the other numbers say
+    (lambda r: cell(r, SOFT, "overall")["student"].update(bias=None), check_name(SOFT, "overall"),
+     "stored verdict 'attenuated' is not what its own numbers give ('inconclusive'): "
      "the run was changed after the audit; re-run it"),
     (lambda r: r["tasks"][0]["retention"][HARD].update(value=None), "hard: task bundled_qa retention",
      "retention missing"),

@@ -353,8 +353,6 @@ def test_fixture_cards_have_the_keys_distill_writes(tmp_path, complete):
     assert cards["soft"]["tokens_seen"] == 28_672 and len(cards["soft"]["loss_curve"]) == 60
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: reports/sections.py CARD_ROWS reads card['tokens'], distill "
-                   "writes 'tokens_seen', so a real card shows 'tokens: not recorded'")
 def test_card_section_records_every_field_distill_writes(view):
     rows = view["cards"]["rows"]
     assert [r["label"] for r in rows if ["not recorded"] in r["cells"]] == []
