@@ -65,17 +65,35 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         policy = Policy.from_file(args.policy)
     started = time.time()
     out, code = run_audit(spec, force=args.force)
+    import json
+
+    print(verdict_summary(json.loads((out / "run.json").read_text(encoding="utf-8"))))
     print(f"audit run written to {out / 'run.json'} ({time.time() - started:.0f} s)"
           + ("" if code == 0 else " - PARTIAL: see 'errors' in run.json"))
     if policy is not None:
-        import json
-
         from audit.gate import evaluate, format_table
 
         result = evaluate(json.loads((out / "run.json").read_text()), policy)
         print(format_table(result))
         return result.exit_code  # the gate fails closed on a partial run, and reports a policy failure first
     return code
+
+
+def verdict_summary(run: dict) -> str:
+    """One screen: per student and probe, the overall verdict and the count of each verdict over its cells."""
+    from audit.verdicts import VERDICTS
+
+    lines = ["verdicts (overall cell; all cells by verdict):"]
+    comps = [c for c in run.get("comparisons", []) if c.get("kind", "bias") == "bias"]
+    for student in dict.fromkeys(c["student_name"] for c in comps):
+        for probe in dict.fromkeys(c["probe"] for c in comps if c["student_name"] == student):
+            mine = [c for c in comps if c["student_name"] == student and c["probe"] == probe]
+            overall = "; ".join(f"{c['metric']} {c['verdict']}" for c in mine if c["group_key"] == "all")
+            counts = ", ".join(f"{v} {n}" for v in VERDICTS if (n := sum(c["verdict"] == v for c in mine)))
+            lines.append(f"  {student} / {probe}: {overall or 'no overall cell'} ({counts})")
+    if len(lines) == 1:
+        lines.append("  no comparisons (no student, or nothing scored by both models)")
+    return "\n".join(lines)
 
 
 def _ls_parser(sub: Any) -> None:

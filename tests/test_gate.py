@@ -450,3 +450,18 @@ def test_schema_1_run_is_refused_with_a_re_run_hint(tmp_path, run, capsys):
     with pytest.raises(RunDirError, match="not valid JSON"):
         load_run_json(folder)
 
+
+
+def test_audit_prints_a_one_screen_verdict_summary(audit_runs):
+    from audit.cli import verdict_summary
+
+    run = json.loads((audit_runs["complete"] / "run.json").read_text())
+    text = verdict_summary(run).splitlines()
+    assert text[0].startswith("verdicts")
+    soft = next(line for line in text if line.strip().startswith("soft / bundled"))
+    hard = next(line for line in text if line.strip().startswith("hard / bundled"))
+    assert "pct_stereotype attenuated" in soft and "pct_stereotype amplified" in hard
+    n_soft = sum(1 for c in run["comparisons"] if c["student_name"] == "soft")
+    counts = [int(part.rsplit(" ", 1)[1]) for part in soft.split("(", 1)[1].rstrip(")").split(", ")]
+    assert sum(counts) == n_soft  # every cell counted once
+    assert len(text) == 3
