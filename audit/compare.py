@@ -215,7 +215,7 @@ class Ability:
 
 def not_measurable(ability: Ability, columns: Mapping[str, Mapping[str, float]]) -> str | None:
     """Why one model's answers on a probe cannot be judged, or None (pure)."""
-    if not columns:
+    if not columns or (ability.metric is None and ability.choice is None):
         return None
     cols = columns_of(columns.values())
     if ability.metric is not None and ability.floor is not None:
@@ -294,6 +294,7 @@ def compare_probe(*, probe: str, metrics: Sequence[Metric], group_keys: Sequence
     quality = [m for m in metrics if m.kind == "quality"]
     cells = _groups(items, group_keys)
     t_nm = not_measurable(ability, teacher)
+    s_nm = {student: not_measurable(ability, rows) for student, rows in students.items()}  # once per model
     out = []
     for metric in (m for m in metrics if m.kind == "bias"):
         for key, value in cells:
@@ -303,8 +304,7 @@ def compare_probe(*, probe: str, metrics: Sequence[Metric], group_keys: Sequence
             t_side = _Side(metric, cell, teacher)
             t_doc = t_side.doc(settings)
             for student, s_rows in students.items():
-                s_nm = not_measurable(ability, s_rows)
-                nm = "; ".join(f"{who}: {why}" for who, why in (("teacher", t_nm), ("student", s_nm)) if why)
+                nm = "; ".join(f"{who}: {why}" for who, why in (("teacher", t_nm), ("student", s_nm[student])) if why)
                 rec = {"student_name": student, "probe": probe, "metric": metric.name, "kind": "bias",
                        "group_key": key, "group": value, "not_measurable": nm or None}
                 rng = _rng(settings, probe, metric.name, key, value)
@@ -454,5 +454,71 @@ def _power(sf: stats.SignFlip, r: dict, a: float, tau: float) -> dict:
     return {"mde": num(mde), "items_needed": int(math.ceil(clusters * n / k))}
 
 
-__all__ = ["Settings", "ItemInfo", "Ability", "compare_probe", "finalize", "decision_levels", "not_measurable",
+# ---------------------------------------------------------------- one probe of a run, and a run from its items
+
+
+def columns_from_rows(rows: Sequence[Mapping]) -> dict[str, dict[str, float]]:
+    """Stored per-item rows -> {item: {column: value}} of the valid ones (null -> NaN, never 0)."""
+    out = {}
+    for r in rows:
+        if r.get("columns") is not None and not r.get("invalid"):
+            out[r["item"]] = {k: (math.nan if v is None else float(v)) for k, v in r["columns"].items()}
+    return out
+
+
+def ability_of(probe) -> Ability:
+    """The measurability rules a probe's card names."""
+    card = probe.card
+    metric = next((m for m in probe.metrics if m.name == getattr(card, "ability", None)), None)
+    return Ability(metric=metric, floor=getattr(card, "floor", None), choice=getattr(card, "choice", None))
+
+
+def probe_comparisons(*, name: str, probe, items: Sequence[ItemInfo], cols: Mapping[str, Mapping], teacher: str,
+                      students: Sequence[str], settings: Settings) -> list[dict]:
+    """The comparison records of one probe of an audit (before ``finalize``); [] when nothing pairs."""
+    if not (cols.get(teacher) and students):
+        return []
+    return compare_probe(probe=name, metrics=probe.metrics, group_keys=probe.group_keys, items=items,
+                         teacher=cols[teacher], students={s: cols.get(s, {}) for s in students},
+                         settings=settings, ability=ability_of(probe))
+
+
+def settings_from_run(stored: Mapping) -> Settings:
+    """The Settings a stored run's ``settings`` block records."""
+    keys = ("alpha", "tolerance", "n_boot", "n_perm", "correction", "min_items", "min_clusters", "seed")
+    return Settings(**{k: stored[k] for k in keys}, looks=tuple(stored.get("looks") or ()))
+
+
+def recompute(run: Mapping, rows: Sequence[Mapping]) -> tuple[list[dict], dict[str, dict]]:
+    """Every comparison record and task figure of a stored run, recomputed from its items.jsonl rows
+    with the run's own settings (what the gate checks run.json against)."""
+    from probes.registry import get_probe
+
+    settings = settings_from_run(run["settings"])
+    teacher = next(m["name"] for m in run["models"] if m["role"] == "teacher")
+    students = [m["name"] for m in run["models"] if m["role"] == "student" and m.get("content_hash")]
+    options = {p["name"]: p.get("options") or {} for p in (run.get("spec") or {}).get("probes") or []
+               if isinstance(p, dict)}
+    comparisons = []
+    for doc in run["probes"]:
+        mine = [r for r in rows if r.get("probe") == doc["probe"]]
+        items = {r["item"]: ItemInfo(id=r["item"], groups=dict(r.get("groups") or {}), cluster=str(r.get("cluster")))
+                 for r in mine}
+        cols = {m: columns_from_rows([r for r in mine if r["model"] == m]) for m in [teacher, *students]}
+        comparisons += probe_comparisons(name=doc["probe"], probe=get_probe(doc["probe"], **options.get(doc["probe"], {})),
+                                         items=list(items.values()), cols=cols, teacher=teacher, students=students,
+                                         settings=settings)
+    tasks = {}
+    for doc in run.get("tasks") or []:
+        per = {m: {r["item"]: next(iter(r["columns"].values())) for r in rows
+                   if r.get("task") == doc["task"] and r["model"] == m and r.get("columns")}
+               for m in [teacher, *students]}
+        if per[teacher]:
+            tasks[doc["task"]] = task_scores(teacher=per[teacher], students={s: per[s] for s in students if per[s]},
+                                             clusters=None, settings=settings)
+    return finalize(comparisons, settings), tasks
+
+
+__all__ = ["Settings", "ItemInfo", "Ability", "recompute", "probe_comparisons", "columns_from_rows", "ability_of",
+           "settings_from_run", "compare_probe", "finalize", "decision_levels", "not_measurable",
            "task_scores", "breakdown", "num", "ALL"]

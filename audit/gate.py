@@ -271,10 +271,11 @@ def _ci(ci: Any) -> str:
     return "missing" if not ci or any(_missing(x) for x in ci) else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def evaluate(run: dict, policy: Policy) -> GateResult:
-    """All checks of ``policy`` on a stored run (run.json as a dict); pure."""
+def evaluate(run: dict, policy: Policy, *, extra: list[Check] = ()) -> GateResult:
+    """All checks of ``policy`` on a stored run (run.json as a dict), plus ``extra`` checks already made
+    (the verification of items.jsonl); pure."""
     settings = run.get("settings") or {}
-    checks: list[Check] = []
+    checks: list[Check] = list(extra)
     if run.get("status") != "complete":
         checks.append(Check(name="run complete", status="error",
                             reason=f"run status is {run.get('status')!r}, not 'complete': a partial run cannot pass; "
@@ -391,6 +392,88 @@ def load_run_json(run_dir: str | Path) -> dict:
     return run
 
 
+def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
+    """run.json and items.jsonl of a run folder; clear errors naming file and line."""
+    from audit.errors import RunDirError
+
+    run = load_run_json(run_dir)
+    path = Path(run_dir) / "items.jsonl"
+    if not path.is_file():
+        raise RunDirError(f"{path}: not found. The audit writes it next to run.json; re-run the audit.")
+    items = []
+    with open(path, encoding="utf-8", errors="strict") as fh:
+        try:
+            lines = list(fh)
+        except UnicodeDecodeError as exc:
+            raise RunDirError(f"{path}: not UTF-8 text ({exc.reason}). Restore the file or re-run the audit.") from exc
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise RunDirError(f"{path}:{n}: not valid JSON ({exc}). Restore the file or re-run the audit.") from exc
+        if not isinstance(row, dict) or "model" not in row or "item" not in row:
+            raise RunDirError(f"{path}:{n}: expected an object with 'model' and 'item'. Re-run the audit.")
+        items.append(row)
+    return run, items
+
+
+def _close(a: Any, b: Any) -> bool:
+    if _missing(a) or _missing(b):
+        return _missing(a) and _missing(b)
+    return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(a)), abs(float(b)))
+
+
+def verify(run: dict, rows: list[dict], items_sha256: str | None) -> list[Check]:
+    """Recompute every verdict and figure from items.jsonl with the run's settings and compare with
+    run.json; every disagreement is an error naming the cell (a doctored file cannot pass)."""
+    from audit.compare import recompute
+
+    if not run.get("items_sha256"):
+        return [Check(name="items.jsonl verified", status="error",
+                      reason="run.json records no items_sha256: it was not written by this bequeath; re-run the audit")]
+    if items_sha256 != run["items_sha256"]:
+        return [Check(name="items.jsonl verified", status="error",
+                      reason=f"items.jsonl sha256 {str(items_sha256)[:12]}... differs from the "
+                      f"{run['items_sha256'][:12]}... recorded in run.json: the items changed after the audit")]
+    try:
+        comps, tasks = recompute(run, rows)
+    except Exception as exc:  # a malformed run or row cannot be certified, whatever the error
+        return [Check(name="items.jsonl verified", status="error",
+                      reason=f"the run cannot be recomputed from its items ({type(exc).__name__}: {exc})")]
+    problems = []
+
+    def key(c: dict) -> tuple:
+        return (c.get("student_name"), c.get("probe"), c.get("metric"), c.get("group_key"), c.get("group"))
+
+    mine = {key(c): c for c in comps}
+    stored = {key(c): c for c in run.get("comparisons") or [] if isinstance(c, dict)}
+    for k in sorted(set(mine) ^ set(stored), key=str):
+        problems.append(f"{'/'.join(map(str, k))}: {'missing from run.json' if k in mine else 'not in items.jsonl'}")
+    for k in sorted(set(mine) & set(stored), key=str):
+        a, b = mine[k], stored[k]
+        fields = [("verdict", a["verdict"], b.get("verdict"))] + [
+            (f"{side}.{f}", (a.get(side) or {}).get(f), (b.get(side) or {}).get(f))
+            for side, f in (("teacher", "bias"), ("student", "bias"), ("delta", "value"), ("delta", "p_adj"))]
+        for name, x, y in fields:
+            if not (x == y if name == "verdict" else _close(x, y)):
+                problems.append(f"{'/'.join(map(str, k))}: {name} is {y!r} in run.json, {x!r} from items.jsonl")
+    for t in run.get("tasks") or []:
+        got = tasks.get(t.get("task"))
+        for part in ("scores", "retention"):
+            for m, v in ((got or {}).get(part) or {}).items():
+                s_v = ((t.get(part) or {}).get(m) or {}).get("value")
+                if not _close(v.get("value"), s_v):
+                    problems.append(f"task {t.get('task')} {part} of {m} is {s_v!r} in run.json, "
+                                    f"{v.get('value')!r} from items.jsonl")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        return [Check(name="items.jsonl verified", status="error", reason=f"run.json disagrees with its items: {shown}")]
+    return [Check(name="items.jsonl verified", status="pass",
+                  reason=f"{len(stored)} comparisons and {len(tasks)} task(s) recomputed from items.jsonl agree")]
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("gate", help="check a stored audit run against a policy (exit 0/1/2)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder holding run.json")
@@ -408,7 +491,11 @@ def run(args) -> int:
 
     try:
         policy = Policy.from_file(args.policy) if args.policy else Policy(source="<default policy>")
-        result = evaluate(load_run_json(args.run_dir), policy)
+        run, rows = load_run(args.run_dir)
+        from probes.base import sha256_file
+
+        checks = verify(run, rows, sha256_file(Path(args.run_dir) / "items.jsonl"))
+        result = evaluate(run, policy, extra=checks)
     except BequeathError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -32,7 +32,7 @@ from audit.store import (
     write_atomic,
     write_jsonl,
 )
-from probes.base import ProbeError, ProbeItem, stratified_sample
+from probes.base import ProbeError, ProbeItem, sha256_file, stratified_sample
 from probes.registry import get_probe
 
 
@@ -151,9 +151,15 @@ def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) ->
             break
     if spec.until_decided:
         run["settings"]["adaptive"] = looks_done
-    write_jsonl(out / "items.jsonl", _items_rows(probes, results))
-    write_atomic(out / "run.json", json.dumps(run, indent=1, allow_nan=False, default=_json_default))
+    write_run(out, run, _items_rows(probes, results))
     return out, (0 if run["status"] == "complete" else 2)
+
+
+def write_run(out: Path, run: dict[str, Any], rows: list[dict]) -> None:
+    """items.jsonl, then run.json with the items' sha256 (the gate refuses a run whose items changed)."""
+    write_jsonl(out / "items.jsonl", rows)
+    run["items_sha256"] = sha256_file(out / "items.jsonl")
+    write_atomic(out / "run.json", json.dumps(run, indent=1, allow_nan=False, default=_json_default))
 
 
 def _score_models(spec: AuditSpec, probes: list[PreparedProbe], cache: ResultsCache,
@@ -225,14 +231,6 @@ def _clean(cols: dict | None) -> dict | None:
     return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in cols.items()}
 
 
-def _columns(rows: list[dict]) -> dict[str, dict[str, float]]:
-    out = {}
-    for r in rows:
-        if r.get("columns") is not None and not r.get("invalid"):
-            out[r["item"]] = {k: (math.nan if v is None else float(v)) for k, v in r["columns"].items()}
-    return out
-
-
 def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], models: list[dict],
               results: dict[str, dict[str, Any]], errors: list[dict],
               looks: tuple[float, ...] = ()) -> dict[str, Any]:
@@ -240,7 +238,14 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
 
     ``looks``: the information fractions of an adaptive audit's looks so far (the last is this one).
     """
-    from audit.compare import Ability, ItemInfo, breakdown, compare_probe, finalize, task_scores
+    from audit.compare import (
+        ItemInfo,
+        breakdown,
+        columns_from_rows,
+        finalize,
+        probe_comparisons,
+        task_scores,
+    )
     from audit.spec import settings_of
 
     settings = settings_of(spec, looks)
@@ -249,7 +254,7 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
     probe_docs, comparisons = [], []
     for pp in probes:
         infos = [ItemInfo(id=it.id, groups=dict(it.groups), cluster=it.cluster) for it in pp.items]
-        cols = {m: _columns(found.get(f"probe:{pp.name}", [])) for m, found in results.items()}
+        cols = {m: columns_from_rows(found.get(f"probe:{pp.name}", [])) for m, found in results.items()}
         doc = {"probe": pp.name, "version": pp.probe.version, "kind": pp.probe.kind,
                "card": _card(pp.probe.card), "group_keys": list(pp.probe.group_keys),
                "metrics": [_metric_doc(m) for m in pp.probe.metrics],
@@ -264,13 +269,8 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
                 doc["breakdown"][m] = {met.name: {k: breakdown(metric=met, items=infos, columns=cols[m], group_key=k)
                                                   for k in pp.probe.group_keys} for met in pp.probe.metrics}
         probe_docs.append(doc)
-        if teacher in results and cols.get(teacher) and students:
-            card = pp.probe.card
-            ability = Ability(metric=next((m for m in pp.probe.metrics if m.name == card.ability), None),
-                              floor=card.floor, choice=card.choice)
-            comparisons += compare_probe(probe=pp.name, metrics=pp.probe.metrics, group_keys=pp.probe.group_keys,
-                                         items=infos, teacher=cols[teacher], students={s: cols[s] for s in students},
-                                         settings=settings, ability=ability)
+        comparisons += probe_comparisons(name=pp.name, probe=pp.probe, items=infos, cols=cols, teacher=teacher,
+                                         students=students, settings=settings)
     comparisons = finalize(comparisons, settings)
     task_docs = []
     for task in spec.tasks:

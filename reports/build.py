@@ -1,6 +1,6 @@
 """A stored run (run.json + items.jsonl) -> the view model every report format renders.
 
-``load_run`` is the only side effect (reading two files); ``build`` is pure: plain dicts
+The run is read by ``audit.gate.load_run`` (which also verifies it); ``build`` is pure: plain dicts
 and strings, already formatted, so templates hold no logic and every format says the
 same thing. Missing measurements become the word "missing" with the reason, never 0.
 Model outputs and dataset strings stay untrusted text here: escaping is the writers' job
@@ -9,9 +9,7 @@ Model outputs and dataset strings stay untrusted text here: escaping is the writ
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 from audit.gate import GateResult, student_of
@@ -29,30 +27,6 @@ N_EXAMPLES = 5
 
 
 # ---------------------------------------------------------------- reading (side effect)
-
-
-def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
-    """run.json and items.jsonl of a run folder; clear errors naming file and line."""
-    from audit.errors import RunDirError
-    from audit.gate import load_run_json
-
-    run = load_run_json(run_dir)
-    path = Path(run_dir) / "items.jsonl"
-    if not path.is_file():
-        raise RunDirError(f"{path}: not found. The audit writes it next to run.json; re-run the audit.")
-    items = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise RunDirError(f"{path}:{n}: not valid JSON ({exc}). Restore the file or re-run the audit.") from exc
-            if not isinstance(row, dict) or "model" not in row or "item" not in row:
-                raise RunDirError(f"{path}:{n}: expected an object with 'model' and 'item'. Re-run the audit.")
-            items.append(row)
-    return run, items
 
 
 # ---------------------------------------------------------------- formatting

@@ -78,8 +78,8 @@ def render(run_dir: Path, out_dir: Path | None = None, formats: Sequence[str] = 
            policy: Policy | None = None) -> dict[str, Path]:
     """Render a stored run into ``out_dir`` (default: the run folder); returns format -> path."""
     from audit.errors import SpecError
-    from audit.gate import Policy
-    from reports.build import build, load_run
+    from audit.gate import Policy, load_run
+    from reports.build import build
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -88,7 +88,10 @@ def render(run_dir: Path, out_dir: Path | None = None, formats: Sequence[str] = 
         hints = "".join(did_you_mean(f, FORMATS) for f in unknown)
         raise SpecError(f"unknown report format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}.{hints}")
     run, items = load_run(run_dir)
-    gate = evaluate(run, policy or Policy())
+    from audit.gate import verify
+    from probes.base import sha256_file
+
+    gate = evaluate(run, policy or Policy(), extra=verify(run, items, sha256_file(Path(run_dir) / "items.jsonl")))
     view = build(run, items, gate, figures="html" in formats)
     writers = {"html": lambda: html(view), "md": lambda: markdown(view),
                "json": lambda: json_report(view, run, gate), "junit": lambda: to_junit(gate)}

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from audit.errors import RunDirError
-from audit.gate import Policy, evaluate
+from audit.gate import Policy, evaluate, load_run
 from audit.verdicts import VERDICTS
-from reports.build import build, delta_ci_text, load_run
+from reports.build import build, delta_ci_text
 from reports.render import render
 
 GOLDEN = Path(__file__).parent / "fixtures" / "report_structure.golden.txt"
