@@ -465,3 +465,73 @@ def test_audit_prints_a_one_screen_verdict_summary(audit_runs):
     counts = [int(part.rsplit(" ", 1)[1]) for part in soft.split("(", 1)[1].rstrip(")").split(", ")]
     assert sum(counts) == n_soft  # every cell counted once
     assert len(text) == 3
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _gate_json(tmp_path, folder, *extra):
+    out = tmp_path / f"gate-{folder.name}.json"
+    code = _cli("gate", str(folder), "--policy", str(_no_fail_policy(tmp_path)), "--json", str(out), *extra)
+    return code, {c["name"]: c for c in json.loads(out.read_text())["checks"]} if out.exists() else {}
+
+
+def _no_fail_policy(tmp_path):
+    import yaml
+
+    path = tmp_path / "no_fail.yaml"
+    path.write_text(yaml.safe_dump(NO_FAIL))
+    return path
+
+
+def test_an_untouched_run_is_verified_from_its_items(tmp_path, audit_runs):
+    code, checks = _gate_json(tmp_path, _copy_run(audit_runs["complete"], tmp_path / "ok"))
+    assert code == 0
+    assert checks["items.jsonl verified"]["status"] == "pass"
+    assert "recomputed from items.jsonl agree" in checks["items.jsonl verified"]["reason"]
+
+
+def test_a_changed_items_file_is_caught_by_its_hash(tmp_path, audit_runs):
+    folder = _copy_run(audit_runs["complete"], tmp_path / "items-changed")
+    lines = (folder / "items.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    row["columns"]["stereotyped"] = 1.0 - row["columns"]["stereotyped"]
+    (folder / "items.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    code, checks = _gate_json(tmp_path, folder)
+    assert code == 2 and checks["items.jsonl verified"]["status"] == "error"
+    assert "differs from the" in checks["items.jsonl verified"]["reason"]
+
+
+def test_items_changed_with_a_matching_hash_are_caught_by_recomputation(tmp_path, audit_runs):
+    """A doctored file whose author also updated the recorded hash: the numbers no longer agree."""
+    from probes.base import sha256_file
+
+    folder = _copy_run(audit_runs["complete"], tmp_path / "doctored")
+    rows = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+    for r in rows:  # the hard student now copies the teacher's choices on every gender item
+        if r["model"] == HARD and r.get("groups", {}).get("bias_type") == "gender":
+            r["columns"]["stereotyped"] = 0.0
+    (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = json.loads((folder / "run.json").read_text())
+    run["items_sha256"] = sha256_file(folder / "items.jsonl")
+    (folder / "run.json").write_text(json.dumps(run))
+    code, checks = _gate_json(tmp_path, folder)
+    assert code == 2
+    reason = checks["items.jsonl verified"]["reason"]
+    assert "run.json disagrees with its items" in reason and "hard/bundled/pct_stereotype/bias_type/gender" in reason
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "items.jsonl").unlink(), "items.jsonl: not found"),
+    (lambda f: (f / "items.jsonl").write_text("{not json\n"), "items.jsonl:1: not valid JSON"),
+    (lambda f: (f / "items.jsonl").write_bytes(b"\xff\xfe garbage\n"), "not UTF-8"),
+])
+def test_a_missing_or_garbage_items_file_is_exit_2_with_a_message(tmp_path, audit_runs, capsys, damage, message):
+    folder = _copy_run(audit_runs["complete"], tmp_path / "damaged")
+    damage(folder)
+    assert _cli("gate", str(folder), "--policy", str(_no_fail_policy(tmp_path))) == 2
+    assert message in capsys.readouterr().err
