@@ -33,7 +33,7 @@ def _audit_parser(sub: Any) -> None:
     p.add_argument("--out", help="run directory (run.json, items.jsonl)")
     p.add_argument("--seed", type=int)
     p.add_argument("--n-boot", type=int, dest="n_boot", help="bootstrap draws (default 1000)")
-    p.add_argument("--tolerance", type=float, help="practical tolerance in points (default 2)")
+    p.add_argument("--tolerance", type=float, help="practical tolerance in points (default 3; see the README on choosing it)")
     p.add_argument("--alpha", type=float)
     p.add_argument("--correction", choices=("holm", "bh"))
     p.add_argument("--backend", choices=("engine", "hflm"), help="scoring backend (default engine)")

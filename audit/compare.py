@@ -41,7 +41,7 @@ class Settings:
     """Statistical settings of one audit (the ``settings`` block of run.json)."""
 
     alpha: float = 0.05
-    tolerance: float = 2.0
+    tolerance: float = 3.0  # points; why 3: README "Choosing the tolerance" (bench/verdict_calibration.py)
     n_boot: int = 1000  # bootstrap draws for task scores and retention
     n_perm: int = 9999  # Monte Carlo sign vectors when a cell has more than 16 clusters
     correction: str = "holm"  # or "bh"

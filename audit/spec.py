@@ -33,7 +33,7 @@ class AuditSpec:
     seed: int = 0
     n_boot: int = 1000
     alpha: float = 0.05
-    tolerance: float = 2.0
+    tolerance: float = 3.0  # points; why 3: README "Choosing the tolerance" (bench/verdict_calibration.py)
     correction: str = "holm"
     min_items: int = 10
     min_clusters: int = 6
