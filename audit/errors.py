@@ -15,12 +15,12 @@ class ModelError(BequeathError):
     """A model could not be found, fetched, verified or loaded."""
 
 
+class InputError(BequeathError):
+    """Inputs that fail the check made before anything is scored (data files, models, tasks)."""
+
+
 class RunDirError(BequeathError):
     """An output directory already holds a different run."""
-
-
-class EvidenceError(BequeathError):
-    """Not enough evidence to decide (fail closed)."""
 
 
 def did_you_mean(name: str, known) -> str:

@@ -56,6 +56,8 @@ class Policy:
             raise SpecError(f"{path}: policy file not found. Pass an existing YAML file to --policy.")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Save the policy as UTF-8.") from exc
         except yaml.YAMLError as exc:
             raise SpecError(f"{path}: not valid YAML ({exc}). Fix the syntax and retry.") from exc
         return cls.from_dict(data or {}, source=str(path))

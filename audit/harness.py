@@ -12,6 +12,7 @@ import gc
 import hashlib
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from audit.compare import ALL
-from audit.errors import BequeathError
+from audit.errors import BequeathError, InputError
 from audit.models import LoadedModel, ModelRef, cache_dir, load_model
 from audit.spec import AuditSpec
 from audit.store import (
@@ -132,6 +133,7 @@ def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) ->
     out = Path(spec.out)
     spec_hash = spec.spec_hash()
     prepare_run_dir(out, spec_hash, force=force)
+    preflight(spec)
     cache = ResultsCache(Path(spec.cache) if spec.cache else cache_dir() / "results")
     plan = [(None, ())]
     if spec.until_decided:
@@ -149,6 +151,9 @@ def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) ->
                   flush=True)
         if not undecided or run["status"] != "complete":
             break
+    if progress and any(e["stage"] == "interrupted" for e in run["errors"]):
+        print("interrupted: the results so far are cached and a partial run is written; rerun to resume",
+              file=sys.stderr)
     if spec.until_decided:
         run["settings"]["adaptive"] = looks_done
     write_run(out, run, _items_rows(probes, results))
@@ -162,6 +167,33 @@ def write_run(out: Path, run: dict[str, Any], rows: list[dict]) -> None:
     write_atomic(out / "run.json", json.dumps(run, indent=1, allow_nan=False, default=_json_default))
 
 
+def preflight(spec: AuditSpec) -> None:
+    """Check every input before anything is scored: each probe's data (read and validated), each
+    task's data file, each model opened (config and tokenizer, not the weights). All problems are
+    collected into one error naming each, so a bad input costs seconds, not an audit."""
+    from audit.models import check_model
+    from audit.tasks import task_data_file
+
+    problems = []
+    try:
+        _prepare_probes(spec)
+    except (ProbeError, BequeathError) as exc:
+        problems.append(str(exc))
+    data_dir = Path(spec.data_dir) if spec.data_dir else None
+    for task in spec.tasks:
+        try:
+            task_data_file(task, data_dir)
+        except Exception as exc:
+            problems.append(f"task {task}: {exc}")
+    for ref in [spec.teacher, *spec.students]:
+        try:
+            check_model(ref)
+        except BequeathError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InputError("Nothing was scored; fix these inputs first:\n  - " + "\n  - ".join(problems))
+
+
 def _score_models(spec: AuditSpec, probes: list[PreparedProbe], cache: ResultsCache,
                   progress: bool) -> tuple[list[dict], dict[str, dict[str, Any]], list[dict]]:
     """Load each model once, score every probe and task through the cache: (models, results, errors)."""
@@ -171,6 +203,8 @@ def _score_models(spec: AuditSpec, probes: list[PreparedProbe], cache: ResultsCa
     results: dict[str, dict[str, Any]] = {}
     teacher_tok = None
     for role, ref in tqdm(refs, desc="models", unit="model", disable=not progress):
+        if any(e["stage"] == "interrupted" for e in errors):
+            break
         try:
             loaded = load_model(ref)
         except BequeathError as exc:
@@ -189,7 +223,11 @@ def _score_models(spec: AuditSpec, probes: list[PreparedProbe], cache: ResultsCa
         models.append({"role": role, "name": ref.name, "source": str(loaded.directory or ref.source),
                        "content_hash": loaded.content_hash, "n_params": loaded.n_params, "dtype": ref.dtype,
                        "tokenizer_hash": tok_hash, "card": loaded.card, "notes": notes})
-        results[ref.name] = _score_model(loaded, spec, probes, cache, errors)
+        try:
+            results[ref.name] = _score_model(loaded, spec, probes, cache, errors)
+        except KeyboardInterrupt:  # keep every chunk already cached and write a partial run
+            errors.append({"model": ref.name, "stage": "interrupted",
+                           "message": "interrupted (Ctrl-C); rerun the same command to resume from the cache"})
         del loaded
         gc.collect()
     return models, results, errors

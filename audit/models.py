@@ -234,6 +234,23 @@ def _torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
 
+def check_model(ref: ModelRef) -> None:
+    """Open a model without reading its weights (directory, safetensors, config, tokenizer): the check
+    an audit makes for every model before it scores anything. Raises ModelError naming the model."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    where = resolve(ref)
+    kw = {k: v for k, v in dict(revision=ref.revision, trust_remote_code=ref.trust_remote_code).items()
+          if v is not None}
+    try:
+        AutoConfig.from_pretrained(str(where), **kw)
+        AutoTokenizer.from_pretrained(str(where), **kw)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"Model '{ref.name}': {where} cannot be opened ({first}). Give a model directory with "
+                         f"config.json, tokenizer files and .safetensors weights, or the alias '{DEMO_ALIAS}'.") from exc
+
+
 def load_model(ref: ModelRef) -> LoadedModel:
     """Load ``ref`` (safetensors only) in eval mode; the only function here that reads weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -60,7 +60,11 @@ class AuditSpec:
         if not path.is_file():
             raise SpecError(f"Spec file {path} not found. Give the path of a YAML audit spec (see README).")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Save the spec as UTF-8.") from exc
+        try:
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
@@ -100,21 +104,37 @@ class AuditSpec:
             errors.append(f"students: model names must be unique, got {dupes} twice; give each a 'name'")
         kw["students"] = tuple(parsed)
         kw["probes"] = tuple(_probe_specs(raw.get("probes", ["bundled"]), errors))
-        tasks = raw.get("tasks", ["bundled_qa"]) or []
+        tasks = raw.get("tasks", ["bundled_qa"])
         if isinstance(tasks, str):
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+        if tasks is None:
+            tasks = []
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            errors.append(f"tasks: expected a list of task names, got {tasks!r}")
+            tasks = []
         kw["tasks"] = tuple(tasks)
-        for name, typ in (("task_limit", int), ("seed", int), ("n_boot", int), ("min_items", int),
-                          ("min_clusters", int), ("n_perm", int), ("max_items", int),
-                          ("batch_size", int), ("alpha", float), ("tolerance", float)):
-            if name in raw and raw[name] is not None:
-                try:
-                    kw[name] = typ(raw[name])
-                except (TypeError, ValueError):
-                    errors.append(f"{name}: expected a number, got {raw[name]!r}")
+        # strict types: a count is a whole number (true/1.5/"3" are refused), a rate a number
+        for name, lo in (("task_limit", 1), ("seed", 0), ("n_boot", 1), ("min_items", 1), ("min_clusters", 1),
+                         ("n_perm", 1), ("max_items", 1), ("batch_size", 1)):
+            if raw.get(name) is not None:
+                v = raw[name]
+                if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                    errors.append(f"{name}: expected a whole number >= {lo}, got {v!r}")
+                else:
+                    kw[name] = v
+        for name in ("alpha", "tolerance"):
+            if raw.get(name) is not None:
+                v = raw[name]
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    errors.append(f"{name}: expected a number, got {v!r}")
+                else:
+                    kw[name] = float(v)
         for name in ("data_dir", "out", "cache", "correction", "backend"):
             if raw.get(name) is not None:
-                kw[name] = str(raw[name])
+                if not isinstance(raw[name], str) or not raw[name]:
+                    errors.append(f"{name}: expected a non-empty text value, got {raw[name]!r}")
+                else:
+                    kw[name] = raw[name]
         for name in ("allow_skip", "until_decided"):
             if name in raw:
                 if not isinstance(raw[name], bool):
@@ -123,8 +143,8 @@ class AuditSpec:
                     kw[name] = raw[name]
         if kw.get("until_decided") and not kw.get("max_items"):
             errors.append("max_items: until_decided needs the largest per-group limit, e.g. max_items: 400")
-        if kw.get("max_items") is not None and kw["max_items"] < 1:
-            errors.append(f"max_items: expected a positive whole number, got {kw['max_items']}")
+        if not kw.get("probes") and not kw.get("tasks") and "probes" not in [e.split(":")[0] for e in errors]:
+            errors.append("probes, tasks: nothing to run; name at least one probe or task (e.g. probes: [bundled])")
         try:  # the statistical settings are checked here, before anything is scored
             settings_of(kw)
         except SpecError as exc:
@@ -160,7 +180,7 @@ def _probe_specs(raw: Any, errors: list[str]) -> list[ProbeSpec]:
         elif isinstance(p, dict) and isinstance(p.get("name"), str):
             opts = {k: v for k, v in p.items() if k not in ("name", "limit")}
             limit = p.get("limit")
-            if limit is not None and (not isinstance(limit, int) or limit < 1):
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
                 errors.append(f"probes[{i}].limit: expected a positive integer, got {limit!r}")
                 limit = None
             out.append(ProbeSpec(name=p["name"], limit=limit, options=opts))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from audit.errors import RunDirError, SpecError
+from audit.errors import InputError, RunDirError, SpecError
 from audit.harness import run_audit
 from audit.lm import make_lm, score_probe_items
 from audit.models import ModelRef, load_model
@@ -99,17 +99,67 @@ def test_different_run_in_out_dir_is_refused_and_kept(tmp_path, tiny_model_dir, 
     assert (out / "run.json").read_text() == before
 
 
-def test_failed_model_keeps_results_and_reports_partial(tmp_path, tiny_model_dir):
+def test_a_model_that_cannot_be_opened_is_refused_before_anything_is_scored(tmp_path, tiny_model_dir, monkeypatch):
+    import audit.lm
+
+    monkeypatch.setattr(audit.lm, "score_probe_items", lambda *a, **k: pytest.fail("scored before the check"))
     spec = AuditSpec.from_dict(dict(teacher={"name": "teacher", "path": str(tiny_model_dir)},
                                     students=[{"name": "ghost", "path": str(tmp_path / "missing")}],
+                                    probes=[{"name": "bundled", "limit": 12}], tasks=["bundled_qa", "arc_easy_local"],
+                                    out=str(tmp_path / "r"), cache=str(tmp_path / "c"), backend="hflm"))
+    with pytest.raises(InputError) as err:
+        run_audit(spec, progress=False)
+    msg = str(err.value)
+    assert "Nothing was scored" in msg and "Model 'ghost'" in msg and "does not exist" in msg
+    assert "task arc_easy_local" in msg  # every problem at once: no data_dir for the ARC task either
+    assert not (tmp_path / "r" / "run.json").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_model_failing_at_its_turn_keeps_results_and_reports_partial(tmp_path, tiny_model_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    for w in broken.glob("*.safetensors"):  # config and tokenizer open; the weights do not load
+        w.write_bytes(b"not a safetensors file")
+    spec = AuditSpec.from_dict(dict(teacher={"name": "teacher", "path": str(tiny_model_dir)},
+                                    students=[{"name": "broken", "path": str(broken)}],
                                     probes=[{"name": "bundled", "limit": 12}], tasks=[], n_boot=200,
                                     out=str(tmp_path / "r"), cache=str(tmp_path / "c"), backend="hflm"))
     out, code = run_audit(spec, progress=False)
     assert code == 2
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "partial"
-    assert run["errors"][0]["model"] == "ghost" and "does not exist" in run["errors"][0]["message"]
+    assert run["errors"][0]["model"] == "broken" and run["errors"][0]["stage"] == "load"
     assert run["probes"][0]["models"]["teacher"]["n_scored"] == 48  # 12 per bias type, 4 types
+
+
+def test_ctrl_c_writes_a_partial_run_and_a_rerun_resumes(tmp_path, tiny_model_dir, student_dir, monkeypatch):
+    import audit.lm
+
+    real = audit.lm.score_probe_items
+    calls = []
+
+    def interrupted(lm, probe, items, **kw):
+        calls.append(len(items))
+        if len(calls) == 2:  # the student's turn
+            raise KeyboardInterrupt
+        return real(lm, probe, items, **kw)
+
+    monkeypatch.setattr(audit.lm, "score_probe_items", interrupted)
+    spec = _spec(tmp_path, tiny_model_dir, student_dir, tasks=[])
+    out, code = run_audit(spec, progress=False)
+    run = json.loads((out / "run.json").read_text())
+    assert code == 2 and run["status"] == "partial"
+    assert run["errors"] == [{"model": "student", "stage": "interrupted",
+                              "message": "interrupted (Ctrl-C); rerun the same command to resume from the cache"}]
+    monkeypatch.setattr(audit.lm, "score_probe_items", real)
+    calls.clear()
+    counted = []
+    monkeypatch.setattr(audit.lm, "score_probe_items", lambda lm, p, items, **kw: counted.append(len(items))
+                        or real(lm, p, items, **kw))
+    out, code = run_audit(spec, progress=False, force=True)
+    assert code == 0 and counted == [120]  # only the student is scored; the teacher comes from the cache
 
 
 def test_resume_after_interruption_recomputes_only_missing_chunks(tmp_path):
