@@ -45,7 +45,7 @@ class Policy:
     required_probes: tuple[str, ...] | None = None
     required_tasks: tuple[str, ...] = ()
     require_groups: bool = False
-    source: str = field(default="<defaults>", compare=False)
+    source: str = field(default="<default policy>", compare=False)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Policy:
@@ -492,7 +492,7 @@ def run(args) -> int:
     from audit.errors import BequeathError
 
     try:
-        policy = Policy.from_file(args.policy) if args.policy else Policy(source="<default policy>")
+        policy = Policy.from_file(args.policy) if args.policy else Policy()
         run, rows = load_run(args.run_dir)
         from probes.base import sha256_file
 

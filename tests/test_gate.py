@@ -403,7 +403,7 @@ def test_junit_and_json_one_entry_per_check(run):
     assert failed == HARD_FAILS
     assert {c.get("classname") for c in cases} == {"bequeath.gate.run", "bequeath.gate.soft", "bequeath.gate.hard"}
     doc = to_json(result)
-    assert doc["exit_code"] == 1 and doc["policy_source"] == "<defaults>"
+    assert doc["exit_code"] == 1 and doc["policy_source"] == "<default policy>"
     assert Counter(c["status"] for c in doc["checks"]) == {"pass": 14, "fail": 6, "warning": 7}
 
 

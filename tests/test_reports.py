@@ -298,7 +298,7 @@ def test_without_a_policy_the_report_shows_verdicts_and_the_default_gate(tmp_pat
     assert "| soft | PASS | 0 | 0 | 0 | 0 | 3 | 4 | 1 | 1 | 4 |" in md
     assert "| hard | FAIL | 0 | 3 | 3 | 0 | 0 | 4 | 0 | 0 | 3 |" in md
     doc = json.loads(paths["json"].read_text(encoding="utf-8"))
-    assert doc["gate"]["exit_code"] == 1 and doc["gate"]["policy_source"] == "<defaults>"
+    assert doc["gate"]["exit_code"] == 1 and doc["gate"]["policy_source"] == "<default policy>"
 
 
 def test_headline_follows_the_gate_when_only_retention_fails(tmp_path, complete):
