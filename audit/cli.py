@@ -166,6 +166,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_parser(sub: Any) -> None:
+    p = sub.add_parser("cache", help="check or prune the results cache",
+                       description="The results cache ($BEQUEATH_CACHE/results) holds every model's per-item "
+                                   "results. verify: exit 0 if every chunk passes its hash checks, 2 if not. "
+                                   "prune: remove key folders not used for a while, and the quarantine.")
+    csub = p.add_subparsers(dest="cache_cmd", required=True)
+    v = csub.add_parser("verify", help="check every chunk's format, key hash and content hash")
+    v.add_argument("--cache", help="results cache folder (default $BEQUEATH_CACHE/results)")
+    v.add_argument("--fix", action="store_true", help="move each bad chunk (or folder) into quarantine/")
+    pr = csub.add_parser("prune", help="remove key folders not used for DAYS days, and empty the quarantine")
+    pr.add_argument("--cache", help="results cache folder (default $BEQUEATH_CACHE/results)")
+    pr.add_argument("--older-than", type=float, default=30.0, dest="older_than", metavar="DAYS",
+                    help="remove folders whose last use is at least this many days ago (default 30; 0: all)")
+    pr.add_argument("--dry-run", action="store_true", dest="dry_run", help="list what would go, remove nothing")
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from audit.models import cache_dir
+    from audit.store import ResultsCache
+
+    cache = ResultsCache(Path(args.cache) if args.cache else cache_dir() / "results")
+    if args.cache_cmd == "prune":
+        if args.older_than < 0:
+            raise BequeathError(f"--older-than must be 0 or more days, got {args.older_than:g}.")
+        gone = cache.prune(older_than_days=args.older_than, dry_run=args.dry_run)
+        for path, size in gone:
+            print(f"{'would remove' if args.dry_run else 'removed'} {path} ({size} bytes)")
+        total = sum(size for _, size in gone)
+        print(f"{'would free' if args.dry_run else 'freed'} {total} bytes ({total / 2**20:.1f} MiB) in {cache.root}")
+        return 0
+    if not cache.root.is_dir():
+        raise BequeathError(f"No results cache at {cache.root}; give its folder with --cache DIR.")
+    report = cache.verify(fix=args.fix)
+    for path, why in report.problems:
+        print(f"{path}: {why}")
+    for dest in report.moved:
+        print(f"moved to {dest}")
+    print(f"{report.chunks} chunk(s) in {report.folders} key folder(s) under {cache.root}: "
+          + (f"{len(report.problems)} problem(s)" if report.problems else "all pass their checks")
+          + ("" if not report.problems or args.fix else "; run again with --fix to move them into quarantine/ "
+             "(their items are recomputed on next use)"))
+    return 2 if report.problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bequeath",
@@ -183,10 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_parser(sub)
     _ls_parser(sub)
     _models_parser(sub)
+    _cache_parser(sub)
     return parser
 
 
-_COMMANDS = {"audit": _cmd_audit, "ls": _cmd_ls, "models": _cmd_models, "demo": _cmd_demo}
+_COMMANDS = {"audit": _cmd_audit, "ls": _cmd_ls, "models": _cmd_models, "demo": _cmd_demo, "cache": _cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,8 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import shutil
+import subprocess
 import tempfile
 import time
 import warnings
@@ -52,6 +52,7 @@ class CacheIntegrityWarning(UserWarning):
 KEY_FILE = "key.json"
 LAST_USED = "last_used"
 QUARANTINE = "quarantine"
+_LEGACY_FORMATS = (2,)  # folders named by sha256({**key, "cache_format": n}): moved aside on first use
 
 
 def _normal(obj: Any) -> Any:
@@ -147,6 +148,10 @@ class ResultsCache:
         key = _normal(key)
         key_hash = digest(key)
         base = self.folder(key)
+        for old in _LEGACY_FORMATS:
+            legacy = base.with_name(digest({**key, "cache_format": old})[:32])
+            if legacy.is_dir():
+                self.quarantine(legacy, f"cache format {old} (chunks without hashes): stale")
         base.mkdir(parents=True, exist_ok=True)
         (base / LAST_USED).touch()
         self._check_key_file(base, key, key_hash)
@@ -190,12 +195,13 @@ class ResultsCache:
         except ValueError as exc:
             why = str(exc)
         if why:
-            self.quarantine(meta, why)
+            self.quarantine(meta, why, then="written again from the key", stacklevel=4)
         if why or not meta.exists():
             write_atomic(meta, json.dumps({"format": CACHE_FORMAT, "key_sha256": key_hash, "key": key},
                                           indent=1, sort_keys=True))
 
-    def quarantine(self, path: Path, why: str, *, warn: bool = True) -> Path | None:
+    def quarantine(self, path: Path, why: str, *, warn: bool = True, then: str = "its items are recomputed",
+                   stacklevel: int = 3) -> Path | None:
         """Move ``path`` (a file or a key folder) under ``root/quarantine/``, keeping its relative path
         and appending a UTC timestamp; never overwrites. Returns where it went (None if it vanished)."""
         rel = Path(path).resolve().relative_to(self.root.resolve())
@@ -212,8 +218,8 @@ class ResultsCache:
             return None  # another user of the cache moved it first
         self.quarantined.append(f"{path}: {why}")
         if warn:
-            warnings.warn(f"results cache: {path}: {why}; moved to {dest}, its items are recomputed",
-                          CacheIntegrityWarning, stacklevel=4)
+            warnings.warn(f"results cache: {path}: {why}; moved to {dest}, {then}",
+                          CacheIntegrityWarning, stacklevel=stacklevel)
         return dest
 
     # ------------------------------------------------------------------ maintenance (bequeath cache)
@@ -291,7 +297,10 @@ class ResultsCache:
             gone.extend((p, _size(p)) for p in sorted(quarantine.iterdir()))
         if not dry_run:
             for path, _ in gone:
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
             for model in {p.parent for p, _ in gone}:
                 if model != self.root and model.is_dir() and not any(model.iterdir()):
                     model.rmdir()
