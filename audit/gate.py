@@ -391,6 +391,13 @@ def load_run_json(run_dir: str | Path) -> dict:
                 " re-run the audit: cached item results make it cheap." if got == 1 else
                 " Use the bequeath version that wrote the run.")
         raise RunDirError(f"{path}: schema_version: expected {SCHEMA_VERSION}, got {got!r}.{hint}")
+    from audit.run_format import AuditRun, RunFormatError
+
+    try:
+        AuditRun.from_json(run)
+    except RunFormatError as exc:
+        raise RunDirError(f"{path}: {exc}\nA run that does not have the stored shape cannot be certified; "
+                          "re-run the audit (cached results make it cheap).") from exc
     return run
 
 

@@ -161,7 +161,12 @@ def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) ->
 
 
 def write_run(out: Path, run: dict[str, Any], rows: list[dict]) -> None:
-    """items.jsonl, then run.json with the items' sha256 (the gate refuses a run whose items changed)."""
+    """items.jsonl, then run.json with the items' sha256 (the gate refuses a run whose items changed).
+
+    The document is checked against the typed run format first, so what is written always reads back."""
+    from audit.run_format import AuditRun
+
+    AuditRun.from_json(json.loads(json.dumps(run, default=_json_default)))
     write_jsonl(out / "items.jsonl", rows)
     run["items_sha256"] = sha256_file(out / "items.jsonl")
     write_atomic(out / "run.json", json.dumps(run, indent=1, allow_nan=False, default=_json_default))

@@ -1,0 +1,331 @@
+"""The stored run (run.json), as typed frozen records with validation that names the field at fault.
+
+The audit writes run.json through ``AuditRun.from_json(doc)`` (so what it writes always conforms),
+and the gate and the reports read it the same way: a malformed field is one error naming its path
+(``comparisons[3].delta.p_adj: expected a number or null, got 'x'``), never a traceback deeper in.
+The JSON keeps the field names documented in docs/run-schema.md; any change bumps
+``SCHEMA_VERSION`` in audit.store.
+
+Validation is written here rather than with a schema library: the records are plain frozen
+dataclasses (the project's style), and one small walker over their type hints gives path-named
+errors for all of them. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from audit.verdicts import STATES, VERDICTS
+
+
+class RunFormatError(ValueError):
+    """run.json does not have the stored run's shape; ``problems`` lists "path: what" for each field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        super().__init__("\n  - ".join(["run.json is malformed:"] + shown))
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "a whole number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "text"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return " or ".join(_describe(a) for a in args) + (" or null" if len(args) < len(get_args(tp)) else "")
+    if origin is list:
+        return "a list"
+    if origin is dict or tp is dict:
+        return "an object"
+    if is_dataclass(tp):
+        return "an object"
+    return str(tp)
+
+
+def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """``value`` checked against type hint ``tp``; problems appended as "path: expected ..., got ..."."""
+    origin = get_origin(tp)
+    bad = f"{path}: expected {_describe(tp)}, got {value!r}"[:300]
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            trial: list[str] = []
+            out = _convert(value, a, path, trial)
+            if not trial:
+                return out
+        problems.append(bad)
+        return None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            problems.append(bad)
+            return None
+        return float(value)
+    if tp in (int, str, bool):
+        if type(value) is not tp:
+            problems.append(bad)
+            return None
+        return value
+    if origin is Literal:
+        if value not in get_args(tp):
+            problems.append(bad)
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(bad)
+            return []
+        (item,) = get_args(tp)
+        return [_convert(v, item, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            problems.append(bad)
+            return {}
+        args = get_args(tp)
+        if not args:
+            return value
+        return {k: _convert(v, args[1], f"{path}.{k}", problems) for k, v in value.items()}
+    if is_dataclass(tp):
+        return _record(tp, value, path, problems)
+    raise TypeError(f"run_format: unsupported type {tp!r} at {path}")
+
+
+def _record(cls: type, value: Any, path: str, problems: list[str]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(f"{path or 'run.json'}: expected an object, got {value!r}"[:300])
+        return None
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        where = f"{path}.{f.name}" if path else f.name
+        if f.name not in value:
+            if f.default is MISSING:
+                problems.append(f"{where}: missing")
+            continue
+        kwargs[f.name] = _convert(value[f.name], hints[f.name], where, problems)
+    unknown = sorted(set(value) - {f.name for f in fields(cls)})
+    if unknown:
+        problems.append(f"{path or 'run.json'}: unknown field(s) {', '.join(map(str, unknown))}")
+    try:
+        return cls(**kwargs)
+    except TypeError:  # a missing required field, already reported
+        return None
+
+
+class _Record:
+    @classmethod
+    def from_json(cls, value: Any, path: str = "") -> Any:
+        """The record of ``value``; RunFormatError listing every malformed field by path."""
+        problems: list[str] = []
+        out = _record(cls, value, path, problems)
+        if problems:
+            raise RunFormatError(problems)
+        return out
+
+
+Number = float | None
+Interval = list[float] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSide(_Record):
+    """One model's numbers on a cell (from its own items)."""
+
+    value: Number
+    bias: Number
+    ci: Interval
+    ci_tost: Interval
+    n: int
+    n_clusters: int
+    why: str | None
+    state: Literal[STATES]  # type: ignore[valid-type]
+    biased: bool | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delta(_Record):
+    value: Number
+    ci: Interval
+    ci_equiv: Interval
+    ci_decision: Interval
+    level: Number
+    p: Number
+    p_adj: Number
+    p_floor: Number
+    method: str | None
+    tested: bool
+    why: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class McNemar(_Record):
+    b: int
+    c: int
+    p: Number
+    p_adj: Number
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evidence(_Record):
+    p_s_given_t: Number
+    p_s_given_not_t: Number
+    kappa: Number
+    margin_corr: Number
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quality(_Record):
+    metric: str
+    teacher: Number
+    student: Number
+
+
+@dataclass(frozen=True, kw_only=True)
+class Power(_Record):
+    mde: Number
+    items_needed: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Comparison(_Record):
+    student_name: str
+    probe: str
+    metric: str
+    kind: Literal["bias"]
+    group_key: str
+    group: str
+    not_measurable: str | None
+    n: int
+    n_clusters: int
+    teacher: ModelSide
+    student: ModelSide
+    delta: Delta
+    mcnemar: McNemar | None
+    evidence: Evidence | None
+    quality: list[Quality]
+    power: Power | None
+    verdict: Literal[VERDICTS]  # type: ignore[valid-type]
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Score(_Record):
+    value: Number
+    ci: Interval
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskResult(_Record):
+    task: str
+    metric: str | None
+    n: int | None
+    error: str | None
+    scores: dict[str, Score]
+    retention: dict[str, Score]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeModel(_Record):
+    n_scored: int
+    n_invalid: int
+    error: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeResult(_Record):
+    probe: str
+    version: str
+    kind: Literal["loglikelihood", "generation"]
+    card: dict[str, Any]
+    group_keys: list[str]
+    metrics: list[dict[str, Any]]
+    n_total: int
+    n_skipped: int
+    limit: int | None
+    sampled_ids_sha256: str
+    models: dict[str, ProbeModel]
+    breakdown: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelEntry(_Record):
+    role: Literal["teacher", "student"]
+    name: str
+    source: str
+    content_hash: str | None
+    n_params: int | None
+    dtype: str
+    tokenizer_hash: str | None = None
+    card: dict[str, Any] | None
+    notes: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Look(_Record):
+    limit: int | None
+    information: float
+    alpha_spent: float
+    undecided_overall: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings(_Record):
+    alpha: float
+    tolerance: float
+    n_boot: int
+    n_perm: int
+    correction: Literal["holm", "bh"]
+    min_items: int
+    min_clusters: int
+    seed: int
+    backend: str
+    looks: list[float]
+    alpha_look: float
+    adaptive: list[Look] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunError(_Record):
+    model: str | None
+    stage: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditRun(_Record):
+    schema_version: int
+    status: Literal["complete", "partial"]
+    created: str
+    provenance: dict[str, Any]
+    settings: RunSettings
+    spec: dict[str, Any]
+    models: list[ModelEntry]
+    tasks: list[TaskResult]
+    probes: list[ProbeResult]
+    comparisons: list[Comparison]
+    errors: list[RunError]
+    items_sha256: str | None = None  # set by audit.harness.write_run; the gate requires it
+
+
+RECORDS = (AuditRun, RunSettings, Look, ModelEntry, ProbeResult, ProbeModel, TaskResult, Score, Comparison,
+           ModelSide, Delta, McNemar, Evidence, Quality, Power, RunError)
+
+__all__ = ["AuditRun", "Comparison", "ModelSide", "Delta", "TaskResult", "ProbeResult", "ModelEntry",
+           "RunSettings", "RunFormatError", "RECORDS"]

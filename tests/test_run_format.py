@@ -1,0 +1,69 @@
+"""audit.run_format: the typed stored run reads every run the audit writes, names malformed fields by
+path, and matches docs/run-schema.md."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from audit.cli import main
+from audit.run_format import RECORDS, AuditRun, RunFormatError
+
+
+@pytest.fixture(scope="module")
+def stored(audit_runs) -> dict[str, dict]:
+    return {k: json.loads((v / "run.json").read_text()) for k, v in audit_runs.items()}
+
+
+def test_every_run_the_audit_writes_reads_back(stored):
+    for name, doc in stored.items():
+        run = AuditRun.from_json(doc)
+        assert len(run.comparisons) == len(doc["comparisons"]) and run.status == doc["status"], name
+        assert run.comparisons[0].teacher.state in ("biased", "within tolerance", "undetermined")
+
+
+@pytest.mark.parametrize("mutate, path", [
+    (lambda r: r["comparisons"][3]["delta"].update(p_adj="0.01"), "comparisons[3].delta.p_adj"),
+    (lambda r: r.update(status="running"), "status"),
+    (lambda r: r.pop("status"), "status: missing"),
+    (lambda r: r["models"][0].pop("dtype"), "models[0].dtype: missing"),
+    (lambda r: r["settings"].update(n_perm=True), "settings.n_perm"),
+    (lambda r: r["comparisons"][0].update(verdict="fine"), "comparisons[0].verdict"),
+    (lambda r: r["comparisons"][0]["teacher"].update(ci="[1, 2]"), "comparisons[0].teacher.ci"),
+    (lambda r: r["tasks"][0]["scores"].update(teacher=5), "tasks[0].scores.teacher"),
+    (lambda r: r["probes"][0].update(models=[]), "probes[0].models"),
+    (lambda r: r.update(comparisons={}), "comparisons"),
+    (lambda r: r["errors"].append({"stage": 3}), "errors[0]"),
+    (lambda r: r.update(extra=1), "unknown field(s) extra"),
+])
+def test_a_malformed_field_is_named_by_its_path(stored, mutate, path):
+    doc = copy.deepcopy(stored["complete"])
+    mutate(doc)
+    with pytest.raises(RunFormatError) as err:
+        AuditRun.from_json(doc)
+    assert path in str(err.value)
+
+
+def test_the_gate_refuses_a_malformed_run_with_exit_2_naming_the_field(tmp_path, audit_runs, capsys):
+    import shutil
+
+    folder = tmp_path / "bad"
+    shutil.copytree(audit_runs["complete"], folder)
+    doc = json.loads((folder / "run.json").read_text())
+    doc["comparisons"][2]["n"] = "many"
+    (folder / "run.json").write_text(json.dumps(doc))
+    assert main(["gate", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "comparisons[2].n: expected a whole number, got 'many'" in err and "re-run the audit" in err
+
+
+def test_docs_name_every_field_of_the_stored_run():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "run-schema.md").read_text()
+    quoted = set(re.findall(r'"([a-z_0-9]+)"\s*:', doc))
+    missing = sorted({f.name for rec in RECORDS for f in fields(rec)} - quoted)
+    assert missing == [], f"docs/run-schema.md does not show these run.json fields: {missing}"
