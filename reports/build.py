@@ -113,9 +113,10 @@ def _comparisons(run: dict, student: str | None = None) -> list[dict]:
 
 
 def _findings(comps: list[dict], who: str, metrics: dict) -> list[str]:
+    # the widest cells first (overall, then bias types, then subgroups), each by severity, then by |Δ|
     ranked = sorted((c for c in comps if c.get("verdict") in FINDING_ORDER),
-                    key=lambda c: (FINDING_ORDER.index(c["verdict"]), c["group_key"] == "all",
-                                   -abs(c["delta"].get("value") or 0.0)))
+                    key=lambda c: (c["group_key"] != "all", c["group_key"] != "bias_type",
+                                   FINDING_ORDER.index(c["verdict"]), -abs(c["delta"].get("value") or 0.0)))
     return [finding(c, who, metrics.get((c["probe"], c["metric"]), {})) for c in ranked[:N_FINDINGS]]
 
 

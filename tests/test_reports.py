@@ -98,14 +98,15 @@ def test_first_screen_counts_and_findings(partial, view):
     assert "no scored items" in hard["inconclusive"][0]
     old = _record(run, "soft", "subgroup", "old")
     assert len(soft["findings"]) == 5
+    # the widest cells first: overall, then bias types, then subgroups; each by severity, then |Δ|
+    overall = _record(run, "soft", "all", "all")
     assert soft["findings"][0] == (
+        f"The {soft['label']} attenuated the teacher's overall bias on the bundled templates: "
+        f"59% vs 64% stereotyped, \u0394 \u22125.3 pts, {delta_ci_text(overall['delta'])}.")
+    assert soft["findings"][3] == (
         f"The {soft['label']} inherited the teacher's bias on subgroup \u201cold\u201d on the bundled templates: "
         f"62% vs 76% stereotyped, \u0394 \u221213.5 pts, {delta_ci_text(old['delta'])}.")
-    young = _record(run, "soft", "subgroup", "young")
-    assert soft["findings"][4] == (
-        f"The {soft['label']} attenuated the teacher's bias on subgroup \u201cyoung\u201d on the bundled templates: "
-        f"48% vs 73% stereotyped, \u0394 \u221225.0 pts, {delta_ci_text(young['delta'])}.")
-    assert delta_ci_text(young["delta"]).startswith(f"{100 * young['delta']['level']:.2f}".rstrip("0") + "% CI [")
+    assert delta_ci_text(overall["delta"]).startswith(f"{100 * overall['delta']['level']:.2f}".rstrip("0") + "% CI [")
 
 
 def test_findings_of_a_failing_student(complete):
@@ -113,11 +114,11 @@ def test_findings_of_a_failing_student(complete):
     soft, hard = view["students"]
     assert (soft["status"], hard["status"]) == ("pass", "fail")
     disability = _record(run, "hard", "bias_type", "disability")
-    assert hard["findings"][3] == (
+    assert hard["findings"][2] == (
         f"The {hard['label']} introduced a disability bias on the bundled templates that the teacher does not "
         f"show: 76% vs 48% stereotyped, \u0394 +27.3 pts, {delta_ci_text(disability['delta'])}.")
     overall = _record(run, "hard", "all", "all")
-    assert hard["findings"][2] == (
+    assert hard["findings"][0] == (
         f"The {hard['label']} amplified the teacher's overall bias on the bundled templates: 77% vs 64% stereotyped, "
         f"\u0394 +11.3 pts, {delta_ci_text(overall['delta'])}.")
     assert [c["name"] for c in hard["checks"] if c["status"] == "fail"][0] == "hard: bundled/pct_stereotype overall"
