@@ -438,7 +438,8 @@ def finalize(comparisons: list[dict], settings: Settings) -> list[dict]:
             if ci is not None and not sig and not ci[0] <= 0 <= ci[1]:
                 ci = (min(ci[0], 0.0), max(ci[1], 0.0))  # never an interval that excludes 0 beside "not significant"
             r["delta"].update(ci_decision=_ci(ci), level=1 - a)
-            r["power"] = _power(sf, r, a, tau)
+            if r["delta"]["tested"]:  # an untestable cell has no power to speak of
+                r["power"] = _power(sf, r, a, tau)
         r["verdict"], r["reason"] = verdicts.decide(r, tau=tau, alpha=alpha)
     return recs
 
@@ -448,9 +449,9 @@ def _power(sf: stats.SignFlip, r: dict, a: float, tau: float) -> dict:
     se = sf.mde_se()
     mde = stats.min_detectable(se, a)
     k, n = r["n_clusters"], r["n"]
-    if not math.isfinite(mde) or k == 0:
+    if not math.isfinite(mde) or mde <= 0 or k == 0:  # no spread between clusters: nothing to extrapolate
         return {"mde": None, "items_needed": None}
-    clusters = math.ceil(k * (mde / tau) ** 2) if mde > 0 else k
+    clusters = math.ceil(k * (mde / tau) ** 2)
     return {"mde": num(mde), "items_needed": int(math.ceil(clusters * n / k))}
 
 
