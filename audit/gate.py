@@ -28,6 +28,7 @@ from typing import Any
 
 from audit.errors import SpecError, did_you_mean
 from audit.verdicts import DECIDED, DEFAULT_FAIL, VERDICTS, decide
+from probes.files import write_atomic
 
 STATUSES = ("pass", "fail", "error", "warning", "n/a")
 
@@ -349,27 +350,6 @@ def to_junit(result: GateResult) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 # ---------------------------------------------------------------- CLI (side effects)
 
 
@@ -501,7 +481,7 @@ def run(args) -> int:
     try:
         policy = Policy.from_file(args.policy) if args.policy else Policy()
         run, rows = load_run(args.run_dir)
-        from probes.base import sha256_file
+        from probes.files import sha256_file
 
         checks = verify(run, rows, sha256_file(Path(args.run_dir) / "items.jsonl"))
         result = evaluate(run, policy, extra=checks)

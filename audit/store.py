@@ -8,7 +8,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -19,22 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import RunDirError
+from probes.files import write_atomic
 
 SCHEMA_VERSION = 2
 CACHE_FORMAT = 3  # 3: chunks carry their key and rows sha256; 2: bare lists keyed by item id; 1: by position
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:

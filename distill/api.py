@@ -66,8 +66,8 @@ def _build_student(spec: DistillSpec, teacher: Any) -> _Student:
 
 def _corpus(spec: DistillSpec, teacher: Any, out: Path, *, progress: bool) -> Path:
     """The corpus file: given, or written by the teacher (reused when its provenance matches)."""
-    from audit.models import file_sha256
     from distill import data
+    from probes.files import sha256_file as file_sha256
 
     if spec.corpus != "generate":
         return Path(spec.corpus)
@@ -205,7 +205,7 @@ def _open_cache(spec: DistillSpec, teacher: Any, examples: list, data_hash: str,
 
 
 def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, cache, t0) -> dict[str, Any]:
-    from audit.models import file_sha256
+    from probes.files import sha256_file as file_sha256
 
     st = trainer.state
     # log_history survives resume (it is in each checkpoint's trainer_state.json)

@@ -69,7 +69,7 @@ def build(teacher: Any, examples: list[dict[str, Any]], out: Path, *, key: Cache
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from audit.models import file_sha256
+    from probes.files import sha256_file as file_sha256
 
     out.mkdir(parents=True, exist_ok=True)
     shards = []

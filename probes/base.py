@@ -30,6 +30,8 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from probes.files import cache_dir, sha256_file, write_atomic
+
 
 class ProbeError(Exception):
     """Bad probe input: names the file, line and field, and says what to do."""
@@ -144,14 +146,6 @@ class Probe(Protocol):
 
 
 # ---------------------------------------------------------------- helpers for probes
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_file(path: Path, expected_sha256: str | None) -> str:
@@ -302,9 +296,6 @@ def hub_file(ref: HubRef, adapter: HubAdapter, *, local_hint: str) -> DataFile:
     (hub id, revision, fingerprint, sha256 of each file); a second load reads it without
     touching ``datasets``.
     """
-    from audit.models import cache_dir
-    from audit.store import write_atomic
-
     configs = (ref.config,) if ref.config else (adapter.configs or (None,))
     splits = (ref.split,) if ref.split else (adapter.splits or (adapter.split,))
     ref = HubRef(repo=ref.repo, config=ref.config, split=ref.split or (None if adapter.splits else adapter.split))
@@ -430,8 +421,6 @@ def _write_export(out: Path, rows: Iterator[dict[str, Any]], adapter: HubAdapter
     atomically per file; returns the row count."""
     import csv
     import io
-
-    from audit.store import write_atomic
 
     if adapter.layout:  # files written in a temporary folder, which then replaces ``out`` in one rename
         got = list(rows)

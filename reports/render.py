@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audit.gate import evaluate, to_json, to_junit, write_atomic
+from audit.gate import evaluate, to_json, to_junit
+from probes.files import write_atomic
 
 if TYPE_CHECKING:
     from audit.gate import Policy
@@ -89,7 +90,7 @@ def render(run_dir: Path, out_dir: Path | None = None, formats: Sequence[str] = 
         raise SpecError(f"unknown report format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}.{hints}")
     run, items = load_run(run_dir)
     from audit.gate import verify
-    from probes.base import sha256_file
+    from probes.files import sha256_file
 
     gate = evaluate(run, policy or Policy(), extra=verify(run, items, sha256_file(Path(run_dir) / "items.jsonl")))
     view = build(run, items, gate, figures="html" in formats)
