@@ -1,4 +1,4 @@
-"""A log-likelihood backend that runs each distinct context once and scores its continuations from the cache.
+"""A log-likelihood backend that runs each distinct context once and scores its continuations beside it.
 
 lm-eval's ``HFLM`` feeds ``context + continuation`` to the model once per request, so a multiple-choice
 item with 12 options runs its context 12 times (89% of the tokens of BBQ). ``PrefixCacheLM`` is an
@@ -8,27 +8,32 @@ item with 12 options runs its context 12 times (89% of the tokens of BBQ). ``Pre
 1. Each request is cut exactly where HFLM would cut it: the model window is
    ``(context + continuation)[-(max_length + 1):][:-1]`` and the scored logits are its last
    ``len(continuation)`` positions. The first of them is the window's last context token: it ends the
-   request's *prefix* (cached; only its last position's logits are computed, once for every
-   continuation of that context); the rest is its *suffix* (continuation[:-1], empty for a one-token
-   continuation, which then needs no pass of its own). A request whose window has only one token before
-   the continuation (a prefix-token context) has no prefix: it is a plain forward, as in HFLM, since a
-   one-token cache saves nothing and costs the cached-attention path.
+   request's *prefix* (shared by every continuation of that context; its last position's logits score
+   the first target); the rest is its *suffix* (continuation[:-1], empty for a one-token
+   continuation). A request whose window has only one token before the continuation (a prefix-token
+   context) has no prefix: its suffix is the whole window, as in HFLM.
 2. Requests with the same prefix form a group; groups whose prefixes share a long head (a trie over
    token ids, e.g. BBQ items with one context and two questions) form a cluster with a shared *root*.
-3. A batch of clusters runs in three passes that extend one ``DynamicCache``: roots, then the rest of
-   each group's prefix (cache rows selected per group), then all suffixes of all groups, right-padded
-   together, with an attention mask over cache + suffix and position ids that continue the prefix.
-   The vocabulary head runs only at the positions that score something (each prefix's last token, each
-   suffix's real tokens), not at padding. The cache lives for one batch; the batch is sized by
-   ``memory_budget_mb``.
+3. A cluster is laid out as one packed *tree* of tokens: its root, then each group's segment (the
+   rest of its prefix) followed by its requests' suffixes. One forward pass runs many trees, packed
+   side by side into rows, with a 4-D attention mask in which a token sees exactly its ancestors
+   (root, its segment, the earlier tokens of its own suffix) and position ids that continue each
+   path, so every token gets the hidden states it has in the request's own window. No key/value cache
+   is copied or concatenated, and a batch of requests is a few wide passes instead of one pass per
+   level and length bucket: on CPU each pass streams every weight once, which made many small passes
+   cost more than the tokens they saved. The vocabulary head runs only at the positions that score
+   something (each prefix's last token, each suffix's tokens), not at padding.
 
 Numbers equal HFLM's up to float summation order (fp32: far below 1e-4); results come back in request
 order and go to ``cache_hook.add_partial`` under the same (context, continuation) key, so the audit's
-results cache does not depend on the backend.
+results cache does not depend on the backend. Models whose attention cannot take such a mask (sliding
+windows, linear attention, an attention implementation other than sdpa or eager, no ``position_ids``)
+are scored by HFLM's own path, with a warning.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import inspect
 import logging
@@ -52,7 +57,7 @@ Request = tuple[tuple[str, str] | None, list[int], list[int]]
 class Split:
     """One request cut at the first scored position of HFLM's model window."""
 
-    prefix: tuple[int, ...]  # cached window tokens; the last one's logits score targets[0]
+    prefix: tuple[int, ...]  # shared window tokens; the last one's logits score targets[0]
     suffix: tuple[int, ...]  # the rest of the window; its logits score targets[1:] (all targets if no prefix)
     targets: tuple[int, ...]  # the continuation tokens
 
@@ -75,10 +80,9 @@ class Cluster:
 
 @dataclass(frozen=True, kw_only=True)
 class MemoryModel:
-    """Bytes per token of the quantities that dominate peak memory in one batch."""
+    """Bytes per token of the quantities that dominate peak memory in one pass."""
 
-    kv: int  # key + value cache, all layers
-    logits: int  # one position's vocabulary logits, log-softmax and temporaries
+    logits: int  # one scored position's vocabulary logits, log-softmax and temporaries
     activations: int  # hidden states and MLP intermediates of one position in one layer
     heads: int  # attention heads (for the score matrix)
     elem: int  # bytes per element of activations
@@ -102,7 +106,7 @@ def split_request(context_enc: Sequence[int], continuation_enc: Sequence[int], m
     window = (list(context_enc) + list(continuation_enc))[-(max_length + 1):]
     inp, n_cont = window[:-1], len(continuation_enc)
     cut = len(inp) - n_cont
-    if cut == 0:  # nothing before the first scored position: a plain forward, no cache (CrowS-Pairs' BOS-only context)
+    if cut == 0:  # nothing before the first scored position: no prefix to share (CrowS-Pairs' BOS-only context)
         return Split(prefix=(), suffix=tuple(inp), targets=tuple(continuation_enc))
     return Split(prefix=tuple(inp[:cut + 1]), suffix=tuple(inp[cut + 1:]), targets=tuple(continuation_enc))
 
@@ -120,12 +124,13 @@ def plan_clusters(splits: Sequence[Split], *, min_shared: int = 8) -> list[Clust
 
     Prefixes are sorted, so prefixes with a common head are neighbours. A prefix joins the current
     cluster when the head it shares with it (``l`` tokens, at least ``min_shared``) saves more than the
-    shortening of the root costs the members already in it: ``l > (k - 1) * (root - l)``.
+    shortening of the root costs the members already in it: ``l > (k - 1) * (root - l)``. Requests with
+    no prefix share nothing: each is a cluster of its own.
     """
     by_prefix: dict[tuple[int, ...], list[int]] = {}
     for i, s in enumerate(splits):
         by_prefix.setdefault(s.prefix, []).append(i)
-    clusters: list[Cluster] = []
+    clusters = [Cluster(root=(), groups=(Group(segment=(), leaves=(i,)),)) for i in by_prefix.pop((), [])]
     members: list[tuple[int, ...]] = []
     root = 0
 
@@ -146,52 +151,16 @@ def plan_clusters(splits: Sequence[Split], *, min_shared: int = 8) -> list[Clust
     return clusters
 
 
-@dataclass(frozen=True)
-class _Shape:
-    """What a batch's memory depends on: counts of roots, groups and leaves, and their longest rows."""
-
-    n_r: int
-    n_g: int
-    n_l: int
-    lr: int
-    lg: int
-    ls: int
-
-    @classmethod
-    def of(cls, clusters: Sequence[Cluster], splits: Sequence[Split]) -> _Shape:
-        groups = [g for c in clusters for g in c.groups]
-        leaves = [i for g in groups for i in g.leaves]
-        return cls(len(clusters), len(groups), len(leaves), max(len(c.root) for c in clusters),
-                   max(len(g.segment) for g in groups), max(len(splits[i].suffix) for i in leaves))
-
-    def __add__(self, other: _Shape) -> _Shape:
-        return _Shape(self.n_r + other.n_r, self.n_g + other.n_g, self.n_l + other.n_l, max(self.lr, other.lr),
-                      max(self.lg, other.lg), max(self.ls, other.ls))
-
-    def bytes(self, mem: MemoryModel, pass_tokens: int | None) -> int:
-        n_r, n_g, lr, lg, ls = self.n_r, self.n_g, self.lr, self.lg, self.ls
-        n_p = self.n_l if pass_tokens is None else min(self.n_l, max(1, pass_tokens // max(1, ls)))
-        kv = mem.kv * (n_r * lr + n_g * (lr + lg) + n_p * (lr + lg + ls))
-        acts = mem.activations * max(n_r * lr, n_g * lg, n_p * ls)
-        scores = mem.heads * mem.elem * max(n_r * lr * lr, n_g * lg * (lr + lg), n_p * ls * (lr + lg + ls))
-        return kv + acts + scores + mem.logits * (n_p * ls + n_r + n_g)
+def tree_tokens(cluster: Cluster, splits: Sequence[Split]) -> int:
+    """Tokens of ``cluster`` laid out as one tree: root, then per group its segment and its suffixes."""
+    return len(cluster.root) + sum(len(g.segment) + sum(len(splits[i].suffix) for i in g.leaves)
+                                   for g in cluster.groups)
 
 
-def batch_bytes(clusters: Sequence[Cluster], splits: Sequence[Split], mem: MemoryModel, *,
-                pass_tokens: int | None = None) -> int:
-    """Estimated peak bytes of running ``clusters`` as one padded batch (caches kept across passes).
-
-    Root and segment caches live for the whole batch; suffixes run in passes of at most
-    ``pass_tokens`` positions (None: all at once), and only one pass's rows hold a copy of their
-    prefix cache, activations and logits at a time.
-    """
-    return _Shape.of(clusters, splits).bytes(mem, pass_tokens)
-
-
-def _divide(cluster: Cluster, splits: Sequence[Split], mem: MemoryModel, budget: int,
-            pass_tokens: int | None) -> list[Cluster]:
-    """``cluster`` cut into pieces that each fit ``budget`` (down to single requests, which always run)."""
-    if batch_bytes([cluster], splits, mem, pass_tokens=pass_tokens) <= budget:
+def divide(cluster: Cluster, splits: Sequence[Split], limit: int) -> list[Cluster]:
+    """``cluster`` cut into trees of at most ``limit`` tokens, each keeping its root and segments (down to
+    single requests, which always run whole)."""
+    if tree_tokens(cluster, splits) <= limit:
         return [cluster]
     if len(cluster.groups) > 1:
         half = len(cluster.groups) // 2
@@ -203,67 +172,129 @@ def _divide(cluster: Cluster, splits: Sequence[Split], mem: MemoryModel, budget:
                  (Group(segment=g.segment, leaves=g.leaves[half:]),))
     else:
         return [cluster]
-    return [piece for part in parts
-            for piece in _divide(Cluster(root=cluster.root, groups=part), splits, mem, budget, pass_tokens)]
+    return [piece for part in parts for piece in divide(Cluster(root=cluster.root, groups=part), splits, limit)]
 
 
-def plan_batches(
-    splits: Sequence[Split], mem: MemoryModel, budget_bytes: int, *, min_shared: int = 8,
-    pass_tokens: int | None = None,
-) -> list[list[Cluster]]:
-    """Clusters packed greedily, longest first (less padding), into batches within ``budget_bytes``
-    (suffixes run in passes of at most ``pass_tokens`` positions, see ``batch_bytes``)."""
-    pieces = [p for c in plan_clusters(splits, min_shared=min_shared)
-              for p in _divide(c, splits, mem, budget_bytes, pass_tokens)]
-    shapes = {id(p): _Shape.of([p], splits) for p in pieces}
-    pieces.sort(key=lambda c: (shapes[id(c)].lr, shapes[id(c)].lg, shapes[id(c)].ls), reverse=True)
-    batches: list[list[Cluster]] = []
-    current: _Shape | None = None
-    for piece in pieces:
-        grown = current + shapes[id(piece)] if current is not None else None
-        if grown is not None and grown.bytes(mem, pass_tokens) <= budget_bytes:
-            batches[-1].append(piece)
-            current = grown
-        else:
-            batches.append([piece])
-            current = shapes[id(piece)]
-    return batches
-
-
-def length_chunks(lengths: Sequence[int], *, ratio: float = 0.8) -> list[list[int]]:
-    """Indices sorted by length (longest first), cut where a length drops below ``ratio`` x its chunk's longest.
-
-    Rows of one batch run in these chunks so that padding wastes at most ``1 - ratio`` of a row; the
-    cached prefix rows are selected per chunk (a cheap copy next to a forward pass). Filling small
-    chunks up to a few hundred tokens was measured and did not pay: the padding it adds cost what
-    the bigger products saved.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    chunks: list[list[int]] = []
+def pack_rows(sizes: Sequence[int]) -> list[list[int]]:
+    """Indices of trees of ``sizes`` tokens packed into rows as wide as the largest (best fit, largest
+    first); rows come back widest first. Padding is at most what the last rows leave empty."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    if not order:
+        return []
+    width = sizes[order[0]]
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, row), sorted
     for i in order:
-        if chunks and lengths[i] >= ratio * lengths[chunks[-1][0]]:
-            chunks[-1].append(i)
+        k = bisect.bisect_left(room, (sizes[i], -1))
+        if k < len(room):
+            free, r = room.pop(k)
         else:
-            chunks.append([i])
-    return chunks
+            free, r = width, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        bisect.insort(room, (free - sizes[i], r))
+    used = [sum(sizes[i] for i in r) for r in rows]
+    return [rows[r] for r in sorted(range(len(rows)), key=lambda r: -used[r])]
+
+
+def plan_passes(splits: Sequence[Split], *, min_shared: int = 8, max_row_tokens: int = 512,
+                max_pass_tokens: int = 2048, max_pass_scored: int | None = None) -> list[list[list[Cluster]]]:
+    """Every request in trees (``divide``), trees in rows (``pack_rows``), rows in passes: a pass is rows
+    of similar width whose padded tokens stay within ``max_pass_tokens`` and whose scored positions stay
+    within ``max_pass_scored`` (a single row always runs)."""
+    pieces = [p for c in plan_clusters(splits, min_shared=min_shared) for p in divide(c, splits, max_row_tokens)]
+    sizes = [tree_tokens(p, splits) for p in pieces]
+    scored = [sum(len(splits[i].targets) for g in p.groups for i in g.leaves) for p in pieces]
+    passes: list[list[list[Cluster]]] = []
+    width = n_scored = 0
+    for row in pack_rows(sizes):
+        used, row_scored = sum(sizes[i] for i in row), sum(scored[i] for i in row)
+        if passes and (len(passes[-1]) + 1) * width <= max_pass_tokens and (
+                max_pass_scored is None or n_scored + row_scored <= max_pass_scored):
+            passes[-1].append([pieces[i] for i in row])
+            n_scored += row_scored
+        else:  # rows come widest first: the first row of a pass sets its width
+            passes.append([[pieces[i] for i in row]])
+            width, n_scored = used, row_scored
+    return passes
 
 
 def memory_model(config, dtype: torch.dtype, logits_dtype: torch.dtype) -> MemoryModel:
     """Per-token memory of a decoder from its config (text config for multimodal wrappers)."""
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     elem = torch.finfo(dtype).bits // 8
     inter = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size
     return MemoryModel(
-        kv=2 * cfg.num_hidden_layers * kv_heads * head_dim * elem,
         # logits, their log-softmax, and one temporary of the same size
         logits=3 * cfg.vocab_size * max(torch.finfo(logits_dtype).bits // 8, 4),
         activations=(6 * cfg.hidden_size + 3 * inter) * elem,
-        heads=heads,
+        heads=cfg.num_attention_heads,
         elem=elem,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Layout:
+    """One pass: token ids, position ids and the tree of every position ([rows, width] each), and
+    where each request's scored logits are (indices into the flattened positions)."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    tree: torch.Tensor  # tree number in its row; -1 for padding
+    group: torch.Tensor  # group number in its row; -1 for root tokens and padding
+    leaf: torch.Tensor  # leaf number in its row; -1 for root and segment tokens and padding
+    scored: dict[int, list[int]]  # request index -> flat positions whose logits score its targets
+
+
+def layout(rows: Sequence[Sequence[Cluster]], splits: Sequence[Split], pad: int) -> _Layout:
+    """Place every tree of ``rows`` (see ``plan_passes``) token by token."""
+    width = max(sum(tree_tokens(c, splits) for c in row) for row in rows)
+    shape = (len(rows), width)
+    ids, positions = [[pad] * width for _ in rows], [[0] * width for _ in rows]
+    tree, group, leaf = ([[-1] * width for _ in rows] for _ in range(3))
+    scored: dict[int, list[int]] = {}
+    for r, row in enumerate(rows):
+        at = n_group = n_leaf = 0
+
+        def put(tokens, start, t, g, lf, r=r):
+            nonlocal at
+            for j, tok in enumerate(tokens):
+                ids[r][at + j], positions[r][at + j] = tok, start + j
+                tree[r][at + j], group[r][at + j], leaf[r][at + j] = t, g, lf
+            at += len(tokens)
+
+        for t, c in enumerate(row):
+            put(c.root, 0, t, -1, -1)
+            root_end = at - 1 if c.root else None
+            for g in c.groups:
+                put(g.segment, len(c.root), t, n_group, -1)
+                prefix_end = at - 1 if g.segment else root_end
+                depth = len(c.root) + len(g.segment)
+                for i in g.leaves:
+                    s = splits[i]
+                    first = at
+                    put(s.suffix, depth, t, n_group, n_leaf)
+                    own = [r * width + first + j for j in range(len(s.suffix))]
+                    # the prefix's last logits score the first target, unless there is no prefix
+                    scored[i] = ([r * width + prefix_end] if len(s.suffix) < len(s.targets) else []) + own
+                    n_leaf += 1
+                n_group += 1
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.long).reshape(shape)  # noqa: E731
+    return _Layout(ids=as_tensor(ids), positions=as_tensor(positions), tree=as_tensor(tree), group=as_tensor(group),
+                   leaf=as_tensor(leaf), scored=scored)
+
+
+def tree_mask(lay: _Layout) -> torch.Tensor:
+    """[rows, 1, width, width] bool, True where query i may attend key j: j is i itself or earlier in the
+    same tree, and j's node (root, segment, suffix) is i's node or one of its ancestors. A padding
+    position sees only itself (so no row of the softmax is empty) and no real token sees it."""
+    n = lay.ids.shape[1]
+    causal = torch.ones((n, n), dtype=torch.bool).tril()
+    t, g, lf = lay.tree, lay.group, lay.leaf
+    same_tree = (t[:, :, None] == t[:, None, :]) & (t[:, None, :] >= 0)
+    ancestor = (g[:, None, :] < 0) | ((g[:, None, :] == g[:, :, None]) & ((lf[:, None, :] < 0) | (lf[:, None, :] == lf[:, :, None])))
+    mask = causal & same_tree & ancestor
+    return (mask | torch.eye(n, dtype=torch.bool)).unsqueeze(1)
 
 
 # ---------------------------------------------------------------- the backend
@@ -272,37 +303,42 @@ def memory_model(config, dtype: torch.dtype, logits_dtype: torch.dtype) -> Memor
 class PrefixCacheLM(HFLM):
     """``HFLM`` whose log-likelihood scoring runs each distinct context once (see the module docstring).
 
-    Constructed exactly like ``HFLM`` plus ``memory_budget_mb`` (the estimated peak of one batch's
-    caches, activations and logits), ``min_shared_prefix`` (tokens two prefixes must share before
-    they share a root) and ``max_pass_tokens`` (scored positions per forward pass). HFLM's ``batch_size``
-    still governs ``generate_until``; the scoring batches are
-    sized by the memory budget.
+    Constructed exactly like ``HFLM`` plus ``memory_budget_mb`` (the estimated peak of one pass's
+    activations, attention scores and logits), ``min_shared_prefix`` (tokens two prefixes must share
+    before they share a root), ``max_pass_tokens`` (padded positions per forward pass) and
+    ``max_row_tokens`` (positions per packed row, unless one request's window is longer: masked
+    attention costs width² per row). HFLM's ``batch_size`` still governs ``generate_until``; the scoring
+    passes are sized by these.
     """
 
     def __init__(self, *args, memory_budget_mb: int = 2048, min_shared_prefix: int = 8, max_pass_tokens: int = 2048,
-                 **kwargs) -> None:
+                 max_row_tokens: int = 512, **kwargs) -> None:
         if memory_budget_mb <= 0:
             raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}.")
         super().__init__(*args, **kwargs)
         self.memory_budget_mb = int(memory_budget_mb)
         self.min_shared_prefix = int(min_shared_prefix)
         self.max_pass_tokens = int(max_pass_tokens)
-        self._pass_tokens = self.max_pass_tokens
+        self.max_row_tokens = int(max_row_tokens)
         params = inspect.signature(self.model.forward).parameters
         self._keep_kw = "logits_to_keep" in params
-        # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40)
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._has_positions = "position_ids" in params
 
     def _cache_supported(self) -> str | None:
-        """Why the prefix cache cannot be used for this model, or None."""
+        """Why the packed trees cannot be used for this model, or None."""
         if self.backend != "causal":
             return f"backend is {self.backend}"
         cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         kinds = set(getattr(cfg, "layer_types", None) or ())
         if kinds - {"full_attention"}:
-            return f"layer types {sorted(kinds)} (a sliding or linear cache cannot be padded and reused)"
+            return f"layer types {sorted(kinds)} (a sliding or linear attention cannot take a tree mask)"
         if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
             return "sliding-window attention"
+        impl = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        if impl not in ("sdpa", "eager"):
+            return f"attention implementation {impl} (a 4-D mask needs sdpa or eager)"
+        if not self._has_positions:
+            return "the model's forward takes no position_ids"
         return None
 
     def _loglikelihood_tokens(
@@ -315,14 +351,18 @@ class PrefixCacheLM(HFLM):
         splits = [split_request(ctx, cont, self.max_length) for _, ctx, cont in requests]
         mem = memory_model(self.model.config, self.model.dtype, self.softmax_dtype or torch.float32)
         budget = self.memory_budget_mb * 2**20
-        # a pass's logits take at most half the budget (a large vocabulary gets shorter passes)
-        self._pass_tokens = max(1, min(self.max_pass_tokens, budget // 2 // mem.logits))
-        batches = plan_batches(splits, mem, budget, min_shared=self.min_shared_prefix, pass_tokens=self._pass_tokens)
+        # a pass's logits take at most half the budget (a large vocabulary gets fewer scored positions),
+        # its activations and attention scores the other half
+        scored_cap = max(1, budget // 2 // mem.logits)
+        row_cap = max(1, min(self.max_row_tokens, budget // 2 // (mem.activations + mem.heads * mem.elem * self.max_row_tokens)))
+        pass_cap = max(1, min(self.max_pass_tokens, budget // 2 // (mem.activations + mem.heads * mem.elem * row_cap)))
+        passes = plan_passes(splits, min_shared=self.min_shared_prefix, max_row_tokens=min(row_cap, pass_cap),
+                             max_pass_tokens=pass_cap, max_pass_scored=scored_cap)
         res: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
-                    desc="Running loglikelihood requests (prefix cache)")
-        for batch in batches:
-            for idx, answer in self._score_batch(batch, splits):
+                    desc="Running loglikelihood requests (prefix sharing)")
+        for rows in passes:
+            for idx, answer in self._score_pass(rows, splits):
                 res[idx] = answer
                 key = requests[idx][0]
                 if key is not None:  # loglikelihood_rolling adds its partials per document itself
@@ -333,57 +373,46 @@ class PrefixCacheLM(HFLM):
 
     # ------------------------------------------------------------ forward passes
 
-    def _extend(self, rows: Sequence[Sequence[int]], parents: Sequence[int] | None, kv, mask, *, head: str):
-        """Run ``rows`` (right-padded) after the cached rows ``parents``; return (kv, mask, logits).
+    def _attention_mask(self, lay: _Layout) -> torch.Tensor:
+        mask = tree_mask(lay).to(self.device)
+        if getattr(self.model.config, "_attn_implementation", None) == "sdpa":
+            return mask
+        dtype = self.mixed_precision_dtype or self.model.dtype  # eager attention adds the mask to its scores
+        return torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
-        ``kv`` is a list of (keys, values) per layer, [rows, kv_heads, T, head_dim], or None; ``mask``
-        [rows, T] marks its valid positions. In this pass every new position may be attended (right padding
-        and causality keep valid tokens away from pads, and no query is left with nothing to attend, which
-        would give NaN); the returned mask marks only the valid new tokens. ``head`` says where the
-        vocabulary head runs: ``"last"``, each row's last token ([rows, V]; an empty row's is meaningless);
-        ``"valid"``, every real token, rows concatenated ([Σ len, V]).
-        """
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-
-        n, width = len(rows), max(len(r) for r in rows)
-        if parents is not None:
-            index = torch.tensor(parents, dtype=torch.long, device=self.device)
-            mask = mask.index_select(0, index)
-            kv = None if kv is None else [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
-        if width == 0:
-            return kv, mask, None
+    def _score_pass(self, rows: Sequence[Sequence[Cluster]], splits: Sequence[Split]):
+        """Yield (request index, (loglik, is_greedy)) for every request in the trees of ``rows``."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((n, width), pad, dtype=torch.long, device=self.device)
-        valid = torch.zeros((n, width), dtype=torch.long, device=self.device)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            valid[i, : len(r)] = 1
-        if head == "last":
-            keep = [i * width + max(len(r) - 1, 0) for i, r in enumerate(rows)]
-        else:
-            keep = [i * width + j for i, r in enumerate(rows) for j in range(len(r))]
-        keep_index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        positions = mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)
+        lay = layout(rows, splits, pad)
+        order = list(lay.scored)
+        flat = [p for i in order for p in lay.scored[i]]
+        keep_index = torch.tensor(flat, dtype=torch.long, device=self.device)
         kwargs = {"logits_to_keep": 0} if self._keep_kw else {}
-        kwargs[self._cache_kw] = DynamicCache(ddp_cache_data=kv) if kv is not None else None
         with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                              enabled=self.mixed_precision_dtype is not None), \
                 self._head_at(keep_index) as gathered:
-            if kv is None:  # no cache: right padding needs no mask under causal attention (HFLM's own call)
-                out = self.model(input_ids=ids, use_cache=True, **kwargs)
-            else:
-                out = self.model(input_ids=ids, attention_mask=torch.cat([mask, torch.ones_like(valid)], dim=1),
-                                 position_ids=positions, use_cache=True, **kwargs)
-        cache = out.cache if self._cache_kw == "cache" else out.past_key_values
-        if any(type(layer) is not DynamicLayer for layer in cache.layers):
-            raise RuntimeError(
-                f"{type(self.model).__name__} returned cache layers {sorted({type(x).__name__ for x in cache.layers})}; "
-                "PrefixCacheLM needs plain full-attention DynamicLayer caches. Use lm-eval's HFLM for this model."
-            )
+            out = self.model(input_ids=lay.ids.to(self.device), attention_mask=self._attention_mask(lay),
+                             position_ids=lay.positions.to(self.device), use_cache=False, **kwargs)
         logits = out.logits.reshape(-1, out.logits.shape[-1])
         if not gathered:  # no head to hook: pick the positions from the full logits
             logits = logits[keep_index]
-        return [(layer.keys, layer.values) for layer in cache.layers], torch.cat([mask, valid], dim=1), logits
+        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+        del logits, out
+        targets = torch.tensor([t for i in order for t in splits[i].targets], dtype=torch.long, device=self.device)
+        picked = logp.gather(1, targets[:, None]).squeeze(1)
+        # greedy: the target is the first maximum of its row (argmax's tie rule, as HFLM). A max
+        # reduction is several times cheaper than argmax here; argmax runs only on rows where the
+        # target equals the maximum, to settle ties
+        top = logp.amax(dim=-1)
+        hit = picked == top
+        rows_hit = hit.nonzero().squeeze(1)
+        if len(rows_hit):
+            hit[rows_hit] = logp.index_select(0, rows_hit).argmax(dim=-1) == targets[rows_hit]
+        at = 0
+        for i in order:
+            n = len(splits[i].targets)
+            yield i, (float(picked[at: at + n].sum()), bool(hit[at: at + n].all()))
+            at += n
 
     @contextlib.contextmanager
     def _head_at(self, index: torch.Tensor):
@@ -408,90 +437,3 @@ class PrefixCacheLM(HFLM):
             yield True
         finally:
             handle.remove()
-
-    def _extend_chunked(self, rows: Sequence[Sequence[int]], parents: Sequence[int] | None, kv, mask):
-        """``_extend`` with each row's last logits, run in chunks of similar length; the chunks' caches are
-        zero-padded to one width (their mask is 0 there, so the zeros are never attended) and put back in
-        row order, with the logits."""
-        chunks = length_chunks([len(r) for r in rows])
-        if len(chunks) == 1:
-            return self._extend(rows, parents, kv, mask, head="last")
-        parents = range(len(rows)) if parents is None else parents
-        parts = [self._extend([rows[i] for i in c], [parents[i] for i in c], kv, mask, head="last") for c in chunks]
-        width = max(m.shape[1] for _, m, _ in parts)
-        order = torch.tensor([i for c in chunks for i in c], device=self.device).argsort()
-        mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m, _ in parts]).index_select(0, order)
-        like_logits = next((lg for _, _, lg in parts if lg is not None), None)
-        logits = None if like_logits is None else torch.cat([
-            lg if lg is not None else like_logits.new_full((len(c), like_logits.shape[1]), float("nan"))
-            for (_, _, lg), c in zip(parts, chunks, strict=True)]).index_select(0, order)
-        if all(p_kv is None for p_kv, _, _ in parts):
-            return None, mask, logits
-        like = next(p_kv for p_kv, _, _ in parts if p_kv is not None)
-        parts = [(p_kv if p_kv is not None else [(k.new_zeros((m.shape[0], *k.shape[1:2], 0, k.shape[3])),) * 2
-                                                 for k, _ in like], m) for p_kv, m, _ in parts]
-        layers = []
-        for layer in zip(*(p_kv for p_kv, _ in parts), strict=True):
-            keys = torch.cat([F.pad(k, (0, 0, 0, width - k.shape[2])) for k, _ in layer]).index_select(0, order)
-            values = torch.cat([F.pad(v, (0, 0, 0, width - v.shape[2])) for _, v in layer]).index_select(0, order)
-            layers.append((keys, values))
-        return layers, mask, logits
-
-    def _score_batch(self, batch: Sequence[Cluster], splits: Sequence[Split]):
-        """Yield (request index, (loglik, is_greedy)) for every request in ``batch``."""
-        groups = [g for c in batch for g in c.groups]
-        group_parent = [ci for ci, c in enumerate(batch) for _ in c.groups]
-        leaves = [i for g in groups for i in g.leaves]
-        leaf_parent = [gi for gi, g in enumerate(groups) for _ in g.leaves]
-        empty = torch.zeros((len(batch), 0), dtype=torch.long, device=self.device)
-        kv, mask, root_last = self._extend_chunked([c.root for c in batch], None, None, empty)
-        kv, mask, seg_last = self._extend_chunked([g.segment for g in groups], group_parent, kv, mask)
-        # each prefix's last logits (they score every continuation's first token): its segment's, or
-        # its root's when the prefix is the root itself
-        # (a group with no prefix at all gets a row of NaN: its requests score every target from the suffix pass)
-        rows = [seg_last[gi] if g.segment else root_last[group_parent[gi]] if batch[group_parent[gi]].root else None
-                for gi, g in enumerate(groups)]
-        like = next((r for r in rows if r is not None), None)
-        first = None if like is None else F.log_softmax(
-            torch.stack([r if r is not None else torch.full_like(like, float("nan")) for r in rows]), dim=-1,
-            dtype=self.softmax_dtype)
-        lengths = [len(splits[i].suffix) for i in leaves]
-        short = [r for r, n in enumerate(lengths) if n == 0]  # one-token continuations: no pass of their own
-        yield from self._score_leaves([leaves[r] for r in short], [leaf_parent[r] for r in short], None, None,
-                                      splits, first)
-        long = [r for r, n in enumerate(lengths) if n > 0]
-        for whole in length_chunks([lengths[r] for r in long]):
-            whole = [long[j] for j in whole]
-            # rows per pass: at most ``_pass_tokens`` scored positions. Measured at 2 threads on SmolLM2 (head
-            # on scored positions only): 512 -> 2048 took CrowS-Pairs from 0.88x to 1.02x HFLM, HellaSwag
-            # from 2.02x to 2.29x (before the head gather, big passes had thrashed caches: 0.7x)
-            step = max(1, self._pass_tokens // max(1, lengths[whole[0]]))
-            for chunk in (whole[j: j + step] for j in range(0, len(whole), step)):
-                yield from self._score_leaves([leaves[r] for r in chunk], [leaf_parent[r] for r in chunk], kv, mask,
-                                              splits, first)
-        # the batch's cache (kv) is released when this generator ends
-
-    def _score_leaves(self, rows: Sequence[int], parents: Sequence[int], kv, mask, splits: Sequence[Split],
-                      first: torch.Tensor):
-        """Score requests ``rows``: their first token from ``first[parent]`` (the prefix's last log-probs),
-        the rest from a pass over their suffixes after the cached prefixes; yield (index, answer)."""
-        if not rows:
-            return
-        suffixes = [splits[i].suffix for i in rows]
-        logp = None
-        if any(suffixes):
-            _, _, logits = self._extend(suffixes, parents, kv, mask, head="valid")
-            logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
-            del logits
-        at = 0
-        for row, idx in enumerate(rows):
-            n = len(suffixes[row])
-            if n < len(splits[idx].targets):  # the first target is scored by the prefix's last logits
-                scored = first[parents[row]].unsqueeze(0)
-                scored = torch.cat([scored, logp[at: at + n]]) if n else scored
-            else:
-                scored = logp[at: at + n]
-            at += n
-            targets = torch.tensor(splits[idx].targets, dtype=torch.long, device=self.device)
-            greedy = bool((scored.argmax(dim=-1) == targets).all())
-            yield idx, (float(scored.gather(1, targets[:, None]).sum()), greedy)

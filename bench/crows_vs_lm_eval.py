@@ -1,23 +1,21 @@
 """The CrowS-Pairs probe vs lm-eval's own ``crows_pairs_english`` task, same model, same rows.
 
 Both run in this process on one loaded model, on the first ``--rows`` pairs of the CrowS-Pairs
-CSV. lm-eval's side is its unchanged task config pointed at that slice (task setup counts in
-its time: it is what a user of lm-eval pays); ours is reading the probe's items and scoring them
-through ``audit.lm.score_probe_items`` with the chosen backend. A short warm-up forward runs
-first so neither side pays torch's first-call cost; with ``--repeats k`` the sides alternate
-(ours, lm-eval, lm-eval, ours, ...) and each side's fastest run counts, because on a shared
-machine the slowest runs measure the neighbours. Prints:
+CSV. lm-eval's side is its unchanged task config pointed at that slice, scored by lm-eval's HFLM
+(task setup counts in its time: it is what a user of lm-eval pays); ours is what ``bequeath audit``
+runs: reading the probe's items and scoring them through ``audit.lm.score_probe_items`` with the
+audit's default backend, the prefix-cache engine (``audit.engine.PrefixCacheLM``). So the numbers
+compare the engine with HFLM (they agree up to float summation order, D ~ 1e-5), not HFLM with
+itself.
 
-    max_abs_loglik_diff = D     (over all 2 x rows log-likelihoods)
-    speed_ratio = R             (lm-eval's wall seconds / ours; target >= 1.0)
-    cpu_ratio = C               (the same with CPU seconds of this process, less sensitive to load)
-    setup_s                     (each side's wall seconds outside ``loglikelihood``: the only work
-                                 that differs when both use HFLM; the rest is the same forward passes)
+First a warm-up (both sides once on the first 8 rows, untimed), then ``--repeats`` rounds, each
+running both sides, ours first in even rounds and lm-eval first in odd ones, so load from other
+processes hits both alike. A round's ratio is lm-eval's seconds / ours in that round; prints
 
-With ``--backend hflm`` both sides run the same HFLM forward passes (identical numbers, D = 0) and
-the difference is lm-eval's task setup and evaluator; ``--backend engine`` (the default of the
-audit) shares prefixes and reorders batches, so its numbers equal HFLM's only up to float
-summation order (D ~ 1e-5).
+    max_abs_loglik_diff = D                (over all 2 x rows log-likelihoods, every round)
+    speed_ratio = R (min a, max b)         wall seconds, median over rounds and spread; target >= 1.0
+    cpu_ratio = C (min a, max b)           the same with CPU seconds of this process
+    setup_s                                each side's median wall seconds outside ``loglikelihood``
 
 Usage (offline):
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/crows_vs_lm_eval.py --rows 100 --data-dir ../shared/data
@@ -28,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -83,8 +82,9 @@ def run_lm_eval(loaded, csv_path: Path, tmp: Path, batch_size: int) -> tuple[tup
     return seconds, out["results"][task], [[ll for ll, _ in s["filtered_resps"]] for s in samples]
 
 
-def run_ours(loaded, csv_path: Path, backend: str, batch_size: int) -> tuple[tuple[float, float, float], dict, list[list[float]]]:
-    """The probe through audit.lm: seconds, its metrics, its log-likelihoods per item."""
+def run_ours(loaded, csv_path: Path, batch_size: int) -> tuple[tuple[float, float, float], dict, list[list[float]]]:
+    """The probe through audit.lm with the engine: seconds, its metrics, its log-likelihoods per item."""
+    from audit.engine import PrefixCacheLM
     from audit.lm import make_lm, score_probe_items
     from probes.base import columns_of
     from probes.crows_pairs import CrowsPairsProbe
@@ -92,7 +92,8 @@ def run_ours(loaded, csv_path: Path, backend: str, batch_size: int) -> tuple[tup
     t0, c0 = time.perf_counter(), time.process_time()
     probe = CrowsPairsProbe(path=str(csv_path))
     items = probe.load(None).items
-    lm = make_lm(loaded, backend=backend, batch_size=batch_size)
+    lm = make_lm(loaded, backend="engine", batch_size=batch_size)
+    assert isinstance(lm, PrefixCacheLM), type(lm)
     timer = _Timed(lm)
     results = score_probe_items(lm, probe, items, tokenizer=loaded.tokenizer, progress=False)
     seconds = (time.perf_counter() - t0, time.process_time() - c0, timer.seconds)
@@ -101,15 +102,8 @@ def run_ours(loaded, csv_path: Path, backend: str, batch_size: int) -> tuple[tup
     return seconds, metrics, [[a.loglik for a in r.answers] for r in results]
 
 
-def _warm_up(loaded) -> None:
-    import torch
-
-    # a batch the size of the benchmark's, so that neither side pays the first large allocation
-    text = "A warm-up sentence about nothing in particular, long enough to look like a CrowS pair. " * 2
-    ids = loaded.tokenizer([text] * 32, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        for _ in range(2):
-            loaded.model(ids)
+def _spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f} (min {min(xs):.2f}, max {max(xs):.2f})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,50 +111,57 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=100)
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--model", default="smollm2-135m", help="model directory or the demo alias")
-    ap.add_argument("--backend", default="hflm", choices=("hflm", "engine"))
     ap.add_argument("--batch-size", type=int, default=32)
-    # 5: the two sides do the same forward passes, so R is ~1 and run-to-run noise (±5% here) decides
-    # single runs; the fastest of 5 per side measured R 1.03 / 1.06 where 2 gave 0.96-1.02
-    ap.add_argument("--repeats", type=int, default=5, help="runs per side, alternating; the fastest counts")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds, at least 5 (default 5)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both sides (0: torch default)")
     args = ap.parse_args(argv)
+    if args.repeats < 5:
+        ap.error("--repeats must be at least 5")
 
     import torch
 
     from audit.models import ModelRef, load_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     loaded = load_model(ModelRef(name="model", path=args.model))
-    _warm_up(loaded)
     with tempfile.TemporaryDirectory() as tmp_s, torch.inference_mode():
         tmp = Path(tmp_s)
-        csv_path = _slice(Path(args.data_dir) / "crows_pairs" / "crows_pairs_anonymized.csv",
-                          tmp / "crows_slice.csv", args.rows)
+        src = Path(args.data_dir) / "crows_pairs" / "crows_pairs_anonymized.csv"
+        csv_path = _slice(src, tmp / "crows_slice.csv", args.rows)
+        warm = _slice(src, tmp / "crows_warm.csv", min(8, args.rows))
+        run_ours(loaded, warm, args.batch_size)  # warm-up: first calls and allocations, both sides
+        run_lm_eval(loaded, warm, tmp / "warm", args.batch_size)
         ours, ref = [], []
-        for k in range(max(1, args.repeats)):
-            runs = [lambda: ours.append(run_ours(loaded, csv_path, args.backend, args.batch_size)),
+        for k in range(args.repeats):
+            runs = [lambda: ours.append(run_ours(loaded, csv_path, args.batch_size)),
                     lambda k=k: ref.append(run_lm_eval(loaded, csv_path, tmp / f"r{k}", args.batch_size))]
             for run in runs if k % 2 == 0 else runs[::-1]:
                 run()
     (_, m_ours, ll_ours), (_, m_ref, ll_ref) = ours[0], ref[0]
-    t_ours = tuple(min(r[0][i] for r in ours) for i in (0, 1))
-    t_ref = tuple(min(r[0][i] for r in ref) for i in (0, 1))
-    # wall time outside loglikelihood (task setup, evaluator / reading items), per run, fastest run
-    setup_ours = min(r[0][0] - r[0][2] for r in ours)
-    setup_ref = min(r[0][0] - r[0][2] for r in ref)
-    if len(ll_ours) != len(ll_ref):
+    if any(len(r[2]) != len(ll_ref) for r in ours + ref):
         print(f"error: {len(ll_ours)} items scored by the probe, {len(ll_ref)} by lm-eval", file=sys.stderr)
         return 2
-    diff = max(abs(a - b) for xs, ys in zip(ll_ours, ll_ref, strict=True) for a, b in zip(xs, ys, strict=True))
-    print(f"rows = {len(ll_ours)}  backend = {args.backend}  batch_size = {args.batch_size}  "
-          f"repeats = {args.repeats}")
-    print(f"lm-eval: {t_ref[0]:.2f} s (cpu {t_ref[1]:.2f} s)  pct_stereotype = {m_ref['pct_stereotype,none']:.4f}  "
+    diff = max(abs(a - b) for _, _, lls in ours + ref
+               for xs, ys in zip(lls, ll_ref, strict=True) for a, b in zip(xs, ys, strict=True))
+    wall = [r[0][0] / o[0][0] for r, o in zip(ref, ours, strict=True)]
+    cpu = [r[0][1] / o[0][1] for r, o in zip(ref, ours, strict=True)]
+    # wall time outside loglikelihood (task setup, evaluator / reading items)
+    setup_ours = statistics.median(r[0][0] - r[0][2] for r in ours)
+    setup_ref = statistics.median(r[0][0] - r[0][2] for r in ref)
+    print(f"# rows = {len(ll_ours)}, ours: probe + engine, lm-eval: its task + HFLM, batch_size = {args.batch_size}, "
+          f"{args.repeats} rounds after a warm-up, {args.threads} thread(s)")
+    print(f"# lm-eval: median {statistics.median(r[0][0] for r in ref):.2f} s "
+          f"(cpu {statistics.median(r[0][1] for r in ref):.2f} s)  pct_stereotype = {m_ref['pct_stereotype,none']:.4f}  "
           f"likelihood_diff = {m_ref['likelihood_diff,none']:.4f}")
-    print(f"probe:   {t_ours[0]:.2f} s (cpu {t_ours[1]:.2f} s)  pct_stereotype = {m_ours['pct_stereotype']:.4f}  "
+    print(f"# probe:   median {statistics.median(r[0][0] for r in ours):.2f} s "
+          f"(cpu {statistics.median(r[0][1] for r in ours):.2f} s)  pct_stereotype = {m_ours['pct_stereotype']:.4f}  "
           f"likelihood_diff = {m_ours['likelihood_diff']:.4f}  "
           f"pct_stereotype_per_token = {m_ours['pct_stereotype_per_token']:.4f}")
-    print(f"setup_s (outside loglikelihood): lm-eval {setup_ref:.2f}  probe {setup_ours:.2f}")
+    print(f"# setup_s (outside loglikelihood, median): lm-eval {setup_ref:.2f}  probe {setup_ours:.2f}")
     print(f"max_abs_loglik_diff = {diff:.3g}")
-    print(f"speed_ratio = {t_ref[0] / t_ours[0]:.2f}")
-    print(f"cpu_ratio = {t_ref[1] / t_ours[1]:.2f}")
+    print(f"speed_ratio = {_spread(wall)}")
+    print(f"cpu_ratio = {_spread(cpu)}")
     return 0
 
 

@@ -113,19 +113,24 @@ def divergence(t_logp: torch.Tensor, s_logp: torch.Tensor, *, kind: str = "forwa
     raise ValueError(f"Unknown divergence '{kind}'; expected one of {', '.join(DIVERGENCES)}.")
 
 
-def _dot_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ_v a·b per row, as a batched matrix product (reads both, writes no [N, V] temporary)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(a.shape[0])
+# rows per block of the fused kernel: about 2**18 logits (1 MiB in fp32), so that a block's
+# temporaries stay in cache and come back from the allocator's free list instead of fresh pages
+_BLOCK_ELEMENTS = 1 << 18
 
 
-def _weighted_logp(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """Σ_v p·log q per row with 0·log 0 = 0: the fast product, redone exactly on the rare rows where
-    an impossible token (log q = -inf under p = 0) made it NaN; a NaN input stays NaN."""
-    rows = _dot_rows(p, logp)
+def _blocks(n: int, v: int):
+    rows = max(1, _BLOCK_ELEMENTS // max(1, v))
+    return ((i, min(i + rows, n)) for i in range(0, n, rows))
+
+
+def _kl_rows(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Σ_v p·(log p − log q) per row with 0·log 0 = 0: the plain product, redone with the mask only on
+    the rare rows where an impossible token (p = 0, log p = −inf) made it NaN; a NaN input stays NaN."""
+    rows = (p * (logp - logq)).sum(-1)
     bad = ~torch.isfinite(rows)
     if bool(bad.any()):
-        pb, lb = p[bad], logp[bad]
-        rows[bad] = torch.where(pb == 0, torch.zeros_like(pb), pb * lb).sum(-1)
+        pb, d = p[bad], logp[bad] - logq[bad]
+        rows[bad] = torch.where(pb == 0, torch.zeros_like(d), pb * d).sum(-1)
     return rows
 
 
@@ -135,45 +140,63 @@ class _FusedSoftLabel(torch.autograd.Function):
     the top-k cache with its tail bucket ∂KL/∂z_j = (m·p_S,j − p_T,j)/τ on the teacher's top-k and
     p_S,j·(m − p_T,tail/q_S,tail)/τ elsewhere (m = the teacher's bucket mass, 1 up to rounding).
 
+    ``teacher`` is the dense teacher's logits [N, V] (top_idx None), or the top-k cache's bucketed
+    log-probs at τ [N, k+1] with their indices ``top_idx`` [N, k], or None: the cross-entropy alone,
+    by the same code, so the student-only step (:func:`cross_entropy`) and the soft-label step share
+    one CE kernel and a comparison of the two measures the teacher term only.
+
     Why our own: on CPU this loss is memory-bound over [N, V] rows, and autograd's chain of
-    temporaries (masking copies, two log-softmaxes, divide, exp, xlogy, scatter/logsumexp for the
-    tail bucket, and all their backwards) made a soft-label step much slower than a teacher
-    forward plus a student step. Here the forward is one log-softmax of z/τ (its exp, p_S^τ, is
-    kept for the backward), one logsumexp for the CE when τ ≠ 1, and row dot products; the
-    backward is a few in-place passes. Rows with label IGNORE give 0 and get no gradient.
-    Values and gradients equal the autograd form (``_soft_rows_autograd``); that is tested.
+    full-size temporaries (masking copies, two log-softmaxes, divide, exp, xlogy, scatter/logsumexp
+    for the tail bucket, and all their backwards) made a soft-label step much slower than a teacher
+    forward plus a student step. Here every [N, V] quantity is computed in blocks of rows that stay
+    in cache; the only full-size tensor is p_S^τ, written once in the forward and turned into the
+    gradient in place in the backward. The dense teacher's probabilities are recomputed per block
+    in the backward from its logits (kept by reference, no copy) rather than stored. Rows with
+    label IGNORE give 0 and get no gradient. Values and gradients equal the autograd form
+    (``_soft_rows_autograd``); that is tested.
     """
 
     @staticmethod
-    def forward(ctx, z, y, t_logp, top_idx, temperature):
-        zf = z.float()
-        zt = zf / temperature if temperature != 1.0 else zf
-        s_logp = torch.log_softmax(zt, dim=-1)
+    def forward(ctx, z, y, teacher, top_idx, temperature):
+        n, v = z.shape
+        tau = temperature
         valid = y != IGNORE
         yi = y.clamp_min(0).unsqueeze(-1)
-        if temperature == 1.0:  # CE = −log p_S(y), read off the one log-softmax
-            lse1 = None
-            ce = -s_logp.gather(-1, yi).squeeze(-1)
-        else:
-            lse1 = torch.logsumexp(zf, dim=-1)
-            ce = lse1 - zf.gather(-1, yi).squeeze(-1)
+        keep = ctx.needs_input_grad[0]
+        p_s = torch.empty((n, v), dtype=torch.float32, device=z.device) if keep else None
+        ce = torch.empty(n, dtype=torch.float32, device=z.device)
+        kl = torch.zeros(n, dtype=torch.float32, device=z.device)
+        lse1 = torch.empty(n, dtype=torch.float32, device=z.device) if tau != 1.0 else None
+        q_tail = torch.empty(n, dtype=torch.float32, device=z.device) if top_idx is not None else None
+        for a, b in _blocks(n, v):
+            zf = z[a:b].float()
+            ls = torch.log_softmax(zf / tau if tau != 1.0 else zf, dim=-1)
+            if lse1 is None:  # CE = −log p_S(y), read off the one log-softmax
+                ce[a:b] = -ls.gather(-1, yi[a:b]).squeeze(-1)
+            else:
+                lse1[a:b] = torch.logsumexp(zf, dim=-1)
+                ce[a:b] = lse1[a:b] - zf.gather(-1, yi[a:b]).squeeze(-1)
+            if teacher is not None and top_idx is None:  # dense teacher logits
+                tf = teacher[a:b].float()
+                tl = torch.log_softmax(tf / tau if tau != 1.0 else tf, dim=-1)
+                kl[a:b] = _kl_rows(tl.exp(), tl, ls)
+            if p_s is not None:
+                ps = torch.exp(ls, out=p_s[a:b])
+            elif top_idx is not None:
+                ps = ls.exp_()
+            if top_idx is not None:  # buckets [N, k+1]: the teacher's top-k, then its tail
+                idx = top_idx[a:b]
+                top = ps.gather(-1, idx)
+                ps.scatter_(-1, idx, 0.0)
+                q_tail[a:b] = ps.sum(-1)  # the student's exact tail mass (no 1 − Σ cancellation)
+                ps.scatter_(-1, idx, top)
+                p_t = teacher[a:b].exp()
+                s_b = torch.cat([top, q_tail[a:b].unsqueeze(-1)], dim=-1).log()
+                kl[a:b] = (torch.xlogy(p_t, p_t) - torch.where(p_t == 0, torch.zeros_like(p_t), p_t * s_b)).sum(-1)
         ce = torch.where(valid, ce, 0.0)
-        p_t = t_logp.exp()
-        q_tail = None
-        if top_idx is None:  # dense teacher log-probs [N, V]
-            kl = _weighted_logp(p_t, t_logp) - _weighted_logp(p_t, s_logp)
-            p_s = s_logp.exp_()
-        else:  # buckets [N, k+1]: the teacher's top-k, then its tail
-            p_s = s_logp.exp_()
-            top = p_s.gather(-1, top_idx)
-            p_s.scatter_(-1, top_idx, 0.0)
-            q_tail = p_s.sum(-1)  # the student's exact tail mass (no 1 − Σ cancellation)
-            p_s.scatter_(-1, top_idx, top)
-            s_b = torch.cat([top, q_tail.unsqueeze(-1)], dim=-1).log()
-            kl = (torch.xlogy(p_t, p_t) - torch.where(p_t == 0, torch.zeros_like(p_t), p_t * s_b)).sum(-1)
         kl = torch.where(valid, kl, 0.0)
-        ctx.save_for_backward(z if lse1 is not None else None, yi, valid, p_s, p_t, top_idx, q_tail, lse1)
-        ctx.temperature, ctx.in_dtype, ctx.done = temperature, z.dtype, False
+        ctx.save_for_backward(z if lse1 is not None else None, yi, valid, p_s, teacher, top_idx, q_tail, lse1)
+        ctx.temperature, ctx.in_dtype, ctx.done = tau, z.dtype, False
         return ce, kl
 
     @staticmethod
@@ -181,23 +204,33 @@ class _FusedSoftLabel(torch.autograd.Function):
         if ctx.done:  # p_S is reused in place below, so a second backward would be silently wrong
             raise RuntimeError("the fused soft-label loss supports one backward pass (no retain_graph reuse)")
         ctx.done = True
-        z, yi, valid, p_s, p_t, top_idx, q_tail, lse1 = ctx.saved_tensors
+        z, yi, valid, p_s, teacher, top_idx, q_tail, lse1 = ctx.saved_tensors
         tau = ctx.temperature
+        n, v = p_s.shape
         gk = (grad_kl * valid / tau).unsqueeze(-1)
         gc = (grad_ce * valid).unsqueeze(-1)
         gs = gk + gc if tau == 1.0 else gk  # at τ = 1 the CE's p_S is the same tensor as the KL's
-        if top_idx is None:
-            g = p_s.mul_(gs).addcmul_(p_t, gk, value=-1.0)
-        else:
-            mass = p_t.sum(-1, keepdim=True)
-            top = p_s.gather(-1, top_idx)
-            tail = mass - p_t[:, -1:] / q_tail.unsqueeze(-1).clamp_min(1e-30)
-            g = p_s.mul_(tail * gk + (gs - gk))
-            g.scatter_(-1, top_idx, (mass * top - p_t[:, :-1]) * gk + top * (gs - gk))
-        if tau != 1.0 and bool(gc.any()):
-            g.add_(torch.sub(z.float(), lse1.unsqueeze(-1)).exp_().mul_(gc))  # p_S at τ = 1
-        g.scatter_add_(-1, yi, -gc)
-        return g.to(ctx.in_dtype), None, None, None, None
+        ce_at_1 = tau != 1.0 and bool(gc.any())
+        for a, b in _blocks(n, v):
+            g = p_s[a:b]
+            if teacher is None:  # cross-entropy alone
+                g.mul_(gc[a:b])
+            elif top_idx is None:  # dense: p_T^τ again from the teacher's logits
+                tf = teacher[a:b].float()
+                p_t = torch.softmax(tf / tau if tau != 1.0 else tf, dim=-1)
+                g.mul_(gs[a:b]).addcmul_(p_t, gk[a:b], value=-1.0)
+            else:
+                p_t = teacher[a:b].exp()
+                mass = p_t.sum(-1, keepdim=True)
+                idx = top_idx[a:b]
+                top = g.gather(-1, idx)
+                tail = mass - p_t[:, -1:] / q_tail[a:b].unsqueeze(-1).clamp_min(1e-30)
+                g.mul_(tail * gk[a:b] + (gs[a:b] - gk[a:b]))
+                g.scatter_(-1, idx, (mass * top - p_t[:, :-1]) * gk[a:b] + top * (gs[a:b] - gk[a:b]))
+            if ce_at_1:
+                g.add_(torch.sub(z[a:b].float(), lse1[a:b].unsqueeze(-1)).exp_().mul_(gc[a:b]))  # p_S at τ = 1
+            g.scatter_add_(-1, yi[a:b], -gc[a:b])
+        return p_s.to(ctx.in_dtype), None, None, None, None
 
 
 def _soft_rows_fused(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | TopK,
@@ -205,7 +238,7 @@ def _soft_rows_fused(student: torch.Tensor, labels: torch.Tensor, teacher: torch
     """(CE rows, forward-KL rows) through ``_FusedSoftLabel``; IGNORE rows are 0."""
     if isinstance(teacher, TopK):
         return _FusedSoftLabel.apply(student, labels, retemper(teacher, temperature), teacher.indices, temperature)
-    return _FusedSoftLabel.apply(student, labels, log_probs(teacher, temperature).detach(), None, temperature)
+    return _FusedSoftLabel.apply(student, labels, teacher.detach(), None, temperature)
 
 
 def _soft_rows_autograd(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | TopK,
@@ -260,9 +293,13 @@ def _denominator(num_valid: float | int | torch.Tensor | None, mask: torch.Tenso
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *,
                   num_valid: float | int | torch.Tensor | None = None) -> torch.Tensor:
-    """Summed token cross-entropy over valid tokens / ``num_valid`` (fp32 log-softmax)."""
-    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum")
-    return ce / _denominator(num_valid, labels != IGNORE)
+    """Summed token cross-entropy over valid tokens / ``num_valid`` (fp32 log-softmax).
+
+    Through the fused kernel of the soft-label loss (``_FusedSoftLabel`` with no teacher): the
+    same log-softmax, gather and in-place backward as the CE inside a soft-label step.
+    """
+    ce, _ = _FusedSoftLabel.apply(logits, labels, None, None, 1.0)
+    return ce.sum() / _denominator(num_valid, labels != IGNORE)
 
 
 def soft_label_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | TopK, *,

@@ -65,8 +65,9 @@ def test_global_token_normalisation_makes_accumulation_exact():
     """Two micro-batches with different valid counts, each divided by the global count, sum
     to the loss of the whole batch (a per-micro-batch mean would not)."""
     s, t, y = _data(n=60)
-    y[:25][y[:25] != L.IGNORE][:5] = L.IGNORE
     y[5:20] = L.IGNORE  # unbalance the halves
+    n_first, n_second = int((y[:30] != L.IGNORE).sum()), int((y[30:] != L.IGNORE).sum())
+    assert n_first < n_second  # else a per-micro-batch mean would equal the global one and prove nothing
     whole = L.soft_label_loss(s, y, t, alpha=0.4, temperature=2.0).total
     n = int((y != L.IGNORE).sum())
     parts = [L.soft_label_loss(s[i:j], y[i:j], t[i:j], alpha=0.4, temperature=2.0, num_valid=n).total
@@ -80,8 +81,11 @@ def test_global_token_normalisation_makes_accumulation_exact():
 def test_jsd_reaches_kl_at_its_limits():
     s, t, _ = _data()
     t_logp, s_logp = F.log_softmax(t, -1), F.log_softmax(s, -1)
-    fwd = L.divergence(t_logp, s_logp, kind="forward_kl")
-    rev = L.divergence(t_logp, s_logp, kind="reverse_kl")
+    # the references are torch's kl_div (``_direct``), not our own forward/reverse KL: comparing
+    # jsd(β=0) with L.divergence("forward_kl") would compare one code branch with itself
+    fwd = _direct("forward_kl", t_logp, s_logp)
+    rev = _direct("reverse_kl", t_logp, s_logp)
+    assert float((fwd - rev).abs().max()) > 0.1  # the two limits are distinguishable here
     torch.testing.assert_close(L.divergence(t_logp, s_logp, kind="jsd", beta=0.0), fwd)
     torch.testing.assert_close(L.divergence(t_logp, s_logp, kind="jsd", beta=1.0), rev)
     t64, s64 = t_logp.double(), s_logp.double()
@@ -98,10 +102,20 @@ def test_jsd_reaches_kl_at_its_limits():
 
 
 def test_skew_kl_limits():
+    """λ = 0 and λ = 1 are special-cased in ``divergence``; checking those branches alone could not fail
+    (KL(p‖p) = 0 whatever the code), so the general formula is checked to approach them, against
+    torch's kl_div, and to shrink monotonically from forward KL to 0 as λ grows."""
     s, t, _ = _data()
-    t_logp, s_logp = F.log_softmax(t, -1), F.log_softmax(s, -1)
-    torch.testing.assert_close(L.divergence(t_logp, s_logp, kind="skew_kl", skew_lambda=0.0),
-                               L.divergence(t_logp, s_logp, kind="forward_kl"))
+    t_logp, s_logp = F.log_softmax(t.double(), -1), F.log_softmax(s.double(), -1)
+    fwd = _direct("forward_kl", t_logp, s_logp)
+    torch.testing.assert_close(L.divergence(t_logp, s_logp, kind="skew_kl", skew_lambda=0.0), fwd)
+    lams = (1e-9, 1e-3, 0.1, 0.5, 0.9, 1 - 1e-9)
+    rows = [L.divergence(t_logp, s_logp, kind="skew_kl", skew_lambda=lam) for lam in lams]
+    for lam, r in zip(lams, rows, strict=True):
+        torch.testing.assert_close(r, _direct("skew_kl", t_logp, s_logp, lam=lam))
+    torch.testing.assert_close(rows[0], fwd, rtol=1e-6, atol=1e-6)
+    assert float(rows[-1].abs().max()) < 1e-6 and float(fwd.min()) > 1e-2
+    assert all(bool((a > b).all()) for a, b in zip(rows, rows[1:], strict=False))
     assert float(L.divergence(t_logp, s_logp, kind="skew_kl", skew_lambda=1.0).abs().max()) == 0.0
 
 
@@ -209,11 +223,16 @@ def _topk(t, k, tau):
     return L.TopK(indices=idx, logprobs=lp, tail=tail, temperature=tau)
 
 
+@pytest.mark.parametrize("block_rows", [1, 3, None])
 @pytest.mark.parametrize("cached", [False, True])
 @pytest.mark.parametrize("tau", [1.0, 2.5])
-def test_fused_soft_label_matches_autograd_value_and_gradient(cached, tau):
+def test_fused_soft_label_matches_autograd_value_and_gradient(cached, tau, block_rows, monkeypatch):
     """The hand-written gradient of the fused CE + forward-KL equals autograd's on the plain
-    formulas, for a dense teacher and for the top-k cache, with masked rows."""
+    formulas, for a dense teacher and for the top-k cache, with masked rows, whether the rows run
+    in one block or in several (3 rows: 40 = 13 blocks + a last one of 1 row)."""
+    if block_rows is not None:
+        monkeypatch.setattr(L, "_BLOCK_ELEMENTS", block_rows * V)
+    assert len(list(L._blocks(N, V))) == (1 if block_rows is None else -(-N // block_rows))
     s, t, y = _data()
     teacher = _topk(t, 5, tau) if cached else t
     a = s.clone().requires_grad_(True)
@@ -241,3 +260,25 @@ def test_shift_keeps_a_view_and_ignores_the_last_position():
     z, y = L.shift(logits, labels)
     assert z.data_ptr() == logits.data_ptr() and z.shape == (8, V)
     assert y.tolist() == [6, 7, 8, -100, 2, -100, -100, -100]
+
+
+@pytest.mark.parametrize("block_rows", [3, None])
+def test_fused_cross_entropy_equals_torch_value_and_gradient(block_rows, monkeypatch):
+    """The student-only loss runs the soft-label kernel with no teacher: torch's cross-entropy, value
+    and gradient, masked rows included, in fp32 and from bf16 logits (gradient back in bf16)."""
+    if block_rows is not None:
+        monkeypatch.setattr(L, "_BLOCK_ELEMENTS", block_rows * V)
+    s, _, y = _data()
+    for dtype in (torch.float32, torch.bfloat16):
+        a = s.to(dtype).clone().requires_grad_(True)
+        b = s.to(dtype).clone().requires_grad_(True)
+        got = L.cross_entropy(a, y, num_valid=17)
+        ref = F.cross_entropy(b.float(), y, ignore_index=L.IGNORE, reduction="sum") / 17
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+        got.backward()
+        ref.backward()
+        assert a.grad.dtype == dtype
+        torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=1e-5, atol=1e-7)
+        assert float(a.grad[y == L.IGNORE].abs().max()) == 0.0 and float(a.grad.abs().sum()) > 0
+    with torch.no_grad():  # evaluation: no gradient buffer kept, same value
+        torch.testing.assert_close(L.cross_entropy(s, y), F.cross_entropy(s, y, ignore_index=L.IGNORE))

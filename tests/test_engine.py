@@ -1,6 +1,9 @@
 """PrefixCacheLM gives lm-eval HFLM's numbers: property test on the tiny model, parity on the real teacher.
 
-The reference is ``HFLM(logits_cache=False)``. HFLM's default one-token "logits cache" reuses one
+The reference is ``HFLM(logits_cache=False)``, and the engine side is always the engine's own scoring:
+a module-wide guard fails any test in which ``PrefixCacheLM`` falls back to HFLM's scoring (which it
+does, with a warning, for models its cache cannot serve), since a parity test would then compare HFLM
+with itself and could not fail. The one test of that fallback checks it against a plain forward pass. HFLM's default one-token "logits cache" reuses one
 request's logits for another whose ``context + continuation[:-1]`` tokens are equal, and for a
 one-token continuation it then gathers at the wrong position when the representative request had a
 longer continuation (see ``test_boundary_shift_matches_direct_forward``); the engine computes every
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from itertools import islice
 
@@ -25,17 +29,37 @@ from lm_eval.models.huggingface import HFLM
 from audit.engine import (
     Cluster,
     Group,
-    MemoryModel,
     PrefixCacheLM,
     Split,
-    batch_bytes,
-    length_chunks,
-    plan_batches,
+    divide,
+    layout,
+    pack_rows,
     plan_clusters,
+    plan_passes,
     split_request,
+    tree_mask,
+    tree_tokens,
 )
 
 TOL = 1e-4
+_HFLM_SCORING = HFLM._loglikelihood_tokens
+
+
+def _refuse_fallback(self, *args, **kwargs):
+    if isinstance(self, PrefixCacheLM):
+        raise AssertionError(f"PrefixCacheLM fell back to HFLM's scoring ({self._cache_supported()}): "
+                             "the comparison would be HFLM with itself")
+    return _HFLM_SCORING(self, *args, **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engine_scores_itself():
+    """Every engine request in this module goes through the engine's own planner and passes."""
+    HFLM._loglikelihood_tokens = _refuse_fallback
+    try:
+        yield
+    finally:
+        HFLM._loglikelihood_tokens = _HFLM_SCORING
 
 
 def _instances(pairs):
@@ -87,41 +111,82 @@ def test_plan_clusters_shares_a_long_head_and_keeps_short_ones_apart():
         Split(prefix=head + (1, 2), suffix=(3, 4), targets=(4, 5)),
         Split(prefix=head + (7,), suffix=(8,), targets=(9,)),
         Split(prefix=(100, 101, 5), suffix=(6,), targets=(7,)),  # shares 2 tokens only
+        Split(prefix=(), suffix=(1, 2), targets=(2, 3)),  # no prefix: shares nothing
+        Split(prefix=(), suffix=(1, 5), targets=(5, 6)),
     ]
     clusters = plan_clusters(splits, min_shared=8)
-    assert sorted(clusters, key=lambda c: len(c.root)) == [
+    assert sorted(clusters, key=lambda c: (len(c.root), c.groups[0].leaves)) == [
+        Cluster(root=(), groups=(Group(segment=(), leaves=(4,)),)),
+        Cluster(root=(), groups=(Group(segment=(), leaves=(5,)),)),
         Cluster(root=(100, 101, 5), groups=(Group(segment=(), leaves=(3,)),)),
         Cluster(root=head, groups=(Group(segment=(1, 2), leaves=(0, 1)), Group(segment=(7,), leaves=(2,)))),
     ]
+    assert tree_tokens(clusters[-1] if clusters[-1].root == head else clusters[0], splits) == 20 + 2 + 1 + 2 + 1 + 1
 
 
-def test_plan_batches_covers_every_request_once_within_budget():
-    mem = MemoryModel(kv=1000, logits=50_000, activations=2000, heads=4, elem=4)
-    splits = [Split(prefix=tuple(range(i % 7, 30)), suffix=(1,) * (1 + i % 3), targets=(2,) * (1 + i % 3))
+def _leaves(pieces):
+    return sorted(i for c in pieces for g in c.groups for i in g.leaves)
+
+
+def test_divide_keeps_roots_and_segments_and_every_request_once():
+    root = tuple(range(50, 70))
+    splits = [Split(prefix=root + (g,), suffix=(1,) * (1 + i % 4), targets=(2,) * (2 + i % 4))
+              for g in range(3) for i in range(10)]
+    (cluster,) = plan_clusters(splits, min_shared=8)
+    assert tree_tokens(cluster, splits) > 60
+    for limit in (1, 25, 40, 60, 10_000):
+        pieces = divide(cluster, splits, limit)
+        assert _leaves(pieces) == list(range(30))
+        for p in pieces:
+            assert p.root == root and all(g.segment in {(0,), (1,), (2,)} for g in p.groups)
+            assert tree_tokens(p, splits) <= limit or sum(len(g.leaves) for g in p.groups) == 1
+        assert (len(pieces) == 1) == (limit >= tree_tokens(cluster, splits))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=0, max_size=30))
+def test_pack_rows_places_every_tree_once_within_the_widest(sizes):
+    rows = pack_rows(sizes)
+    assert sorted(i for r in rows for i in r) == list(range(len(sizes)))
+    used = [sum(sizes[i] for i in r) for r in rows]
+    assert all(u <= max(sizes) for u in used) and used == sorted(used, reverse=True)
+    # best fit never leaves two rows that could have been one
+    assert all(a + b > max(sizes) for j, a in enumerate(used) for b in used[j + 1:])
+
+
+def test_plan_passes_covers_every_request_within_the_pass_limits():
+    splits = [Split(prefix=tuple(range(i % 7, 30)) + (i,), suffix=(1,) * (1 + i % 3), targets=(2,) * (2 + i % 3))
               for i in range(60)]
-    budget = 3_000_000
-    batches = plan_batches(splits, mem, budget)
-    seen = sorted(i for b in batches for c in b for g in c.groups for i in g.leaves)
-    assert seen == list(range(60))
-    assert len(batches) > 1
-    for b in batches:
-        n_leaves = sum(len(g.leaves) for c in b for g in c.groups)
-        assert batch_bytes(b, splits, mem) <= budget or n_leaves == 1
-    # suffixes in passes of <= 6 positions: only one pass's rows copy their prefix cache, so more fits
-    paced = plan_batches(splits, mem, budget, pass_tokens=6)
-    assert sorted(i for b in paced for c in b for g in c.groups for i in g.leaves) == list(range(60))
-    assert len(paced) < len(batches)
-    for b in paced:
-        assert batch_bytes(b, splits, mem, pass_tokens=6) <= budget
-        assert batch_bytes(b, splits, mem, pass_tokens=6) < batch_bytes(b, splits, mem)
+    passes = plan_passes(splits, max_row_tokens=64, max_pass_tokens=200, max_pass_scored=50)
+    assert _leaves([c for rows in passes for row in rows for c in row]) == list(range(60))
+    assert len(passes) > 1
+    for rows in passes:
+        width = max(sum(tree_tokens(c, splits) for c in row) for row in rows)
+        scored = sum(len(splits[i].targets) for row in rows for c in row for g in c.groups for i in g.leaves)
+        assert len(rows) == 1 or (len(rows) * width <= 200 and scored <= 50)
 
 
-def test_length_chunks_bound_padding():
-    lengths = [1, 4, 3, 10, 9, 0, 8, 0, 4]
-    chunks = length_chunks(lengths, ratio=0.8)
-    assert chunks == [[3, 4, 6], [1, 8], [2], [0], [5, 7]]
-    for c in chunks:
-        assert all(lengths[i] >= 0.8 * lengths[c[0]] for i in c)
+def test_tree_mask_lets_each_token_see_exactly_its_ancestors():
+    # one tree: root (5, 6); a group with no segment and suffix (11); a group with segment (7) and suffixes
+    # (8, 9) and (10). A second row holds a request with no prefix (its suffix scores every target).
+    splits = [Split(prefix=(5, 6, 7), suffix=(8, 9), targets=(8, 9, 1)), Split(prefix=(5, 6, 7), suffix=(10,), targets=(10, 1)),
+              Split(prefix=(5, 6), suffix=(11,), targets=(11, 1)), Split(prefix=(), suffix=(12, 13), targets=(13, 14))]
+    (cluster,) = [c for c in plan_clusters(splits, min_shared=1) if c.root]
+    lonely = Cluster(root=(), groups=(Group(segment=(), leaves=(3,)),))
+    lay = layout([[cluster], [lonely]], splits, pad=0)
+    assert lay.ids.tolist() == [[5, 6, 11, 7, 8, 9, 10], [12, 13, 0, 0, 0, 0, 0]]
+    assert lay.positions.tolist()[0] == [0, 1, 2, 2, 3, 4, 3] and lay.positions.tolist()[1][:2] == [0, 1]
+    mask = tree_mask(lay)[:, 0].int().tolist()
+    assert mask[0] == [[1, 0, 0, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0, 0, 0],
+                       [1, 1, 1, 0, 0, 0, 0],  # the segment-less group's suffix: root, itself
+                       [1, 1, 0, 1, 0, 0, 0],  # segment (7): root, itself
+                       [1, 1, 0, 1, 1, 0, 0],
+                       [1, 1, 0, 1, 1, 1, 0],
+                       [1, 1, 0, 1, 0, 0, 1]]  # the second suffix: root, segment, not its sibling
+    assert mask[1] == [[1, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]] + [[int(i == j) for j in range(7)] for i in range(2, 7)]
+    # flat positions whose logits score each request's targets: the prefix's last token first
+    assert lay.scored == {2: [1, 2], 0: [3, 4, 5], 1: [3, 6], 3: [7, 8]}
 
 
 # ---------------------------------------------------------------- parity with HFLM on the tiny model
@@ -228,11 +293,31 @@ def test_boundary_shift_matches_direct_forward(tiny, tiny_lms):
         assert abs(ll - direct) <= TOL
 
 
-def test_small_memory_budget_and_pass_size_give_same_numbers(tiny):
+def test_small_memory_budget_and_pass_size_give_same_numbers(tiny, tiny_lms):
+    hf, _ = tiny_lms
     common = dict(pretrained=tiny.model, tokenizer=tiny.tokenizer, device="cpu")
-    big, small = PrefixCacheLM(**common), PrefixCacheLM(memory_budget_mb=1, max_pass_tokens=3, **common)
-    pairs = [(f"the cat sat on the mat number {i}", f" {w}") for i in range(12) for w in ("he", "she", "nurse")]
-    _assert_same(big.loglikelihood(_instances(pairs)), small.loglikelihood(_instances(pairs)))
+    big, small = PrefixCacheLM(**common), PrefixCacheLM(memory_budget_mb=1, max_pass_tokens=3, max_row_tokens=2, **common)
+    pairs = [(f"the cat sat on the mat number {i}", f" {w} was here") for i in range(12) for w in ("he", "she", "nurse")]
+    passes = {}
+    for name, lm in (("big", big), ("small", small)):
+        calls = []
+        score = lm._score_pass
+        lm._score_pass = lambda *a, score=score, calls=calls, **k: calls.append(1) or score(*a, **k)
+        _assert_same(hf.loglikelihood(_instances(pairs)), lm.loglikelihood(_instances(pairs)))
+        passes[name] = len(calls)
+    # else both would run the same plan and the comparison could not fail
+    assert passes["big"] == 1 and passes["small"] >= 12, passes
+
+
+def test_eager_attention_takes_the_float_mask_and_equals_hflm(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    assert model.config._attn_implementation == "eager"
+    common = dict(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), device="cpu", batch_size=8)
+    hf, engine = HFLM(logits_cache=False, **common), PrefixCacheLM(**common)
+    pairs = [("Q: who? A:", " he"), ("Q: who? A:", " she said"), ("", "Hello world"), ("the cat sat on the mat", " and")]
+    _assert_same(hf.loglikelihood(_instances(pairs)), engine.loglikelihood(_instances(pairs)))
 
 
 def test_rolling_goes_through_the_engine_and_equals_hflm(tiny):
@@ -245,18 +330,31 @@ def test_rolling_goes_through_the_engine_and_equals_hflm(tiny):
     assert all(abs(a - b) <= TOL for a, b in zip(ref, got, strict=True))
 
 
-def test_sliding_window_model_falls_back_to_hflm_scoring(tiny):
+def test_sliding_window_model_falls_back_to_hflm_scoring(tiny, monkeypatch, caplog):
+    """A model the cache cannot serve is scored by HFLM's own path, with a warning, and never by the
+    engine's planner; its numbers are checked against a plain forward pass (comparing them with HFLM
+    would compare HFLM with itself)."""
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
     cfg = MistralConfig(vocab_size=len(tiny.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, sliding_window=4, max_position_embeddings=128)
     model = MistralForCausalLM(cfg).eval()
-    common = dict(pretrained=model, tokenizer=tiny.tokenizer, device="cpu", batch_size=4)
-    hf, engine = HFLM(**common), PrefixCacheLM(**common)
-    assert engine._cache_supported() is not None
+    engine = PrefixCacheLM(pretrained=model, tokenizer=tiny.tokenizer, device="cpu", batch_size=4)
+    assert "sliding" in engine._cache_supported()
+    fallbacks = []
+    monkeypatch.setattr(HFLM, "_loglikelihood_tokens", lambda self, *a, **k: fallbacks.append(1) or _HFLM_SCORING(self, *a, **k))
+    monkeypatch.setattr(engine, "_score_pass", lambda *a, **k: pytest.fail("the engine's planner ran"))
+    # contexts longer than the window (4), so the sliding window changes the numbers
     pairs = [("the cat sat on the mat and then", " he"), ("the cat sat on the mat and then", " she ran")]
-    assert hf.loglikelihood(_instances(pairs)) == engine.loglikelihood(_instances(pairs))
+    with caplog.at_level(logging.WARNING, logger="audit.engine"):
+        got = engine.loglikelihood(_instances(pairs))
+    assert fallbacks == [1] and "scoring with HFLM's own path" in caplog.text
+    for (ctx, cont), (ll, _) in zip(pairs, got, strict=True):
+        c, x = engine._encode_pair(ctx, cont)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([c + x])).logits[0], dim=-1)
+        assert abs(ll - sum(float(logp[len(c) - 1 + j, t]) for j, t in enumerate(x))) <= TOL
 
 
 class _Recorder:
