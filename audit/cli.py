@@ -210,12 +210,23 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 2 if report.problems else 0
 
 
+def _version() -> str:
+    """The installed distribution's version (the one pip and the wheel report)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bequeath")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bequeath",
         description="Distil language models into students and audit, side by side, which biases each "
                     "student inherited, amplified, attenuated or introduced.",
         epilog="Exit codes: 0 success, 1 failed gate or run, 2 usage, input or evidence error.")
+    parser.add_argument("--version", action="version", version=f"bequeath {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_parser(sub)
     for name, module in _PLUGGED.items():
