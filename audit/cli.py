@@ -99,12 +99,19 @@ def verdict_summary(run: dict) -> str:
 def _ls_parser(sub: Any) -> None:
     p = sub.add_parser("ls", help="list probes, tasks and distillation techniques")
     p.add_argument("what", nargs="?", choices=("probes", "tasks", "techniques"), help="what to list (default all)")
+    p.add_argument("name", nargs="?", help="with 'probes': print that probe's full card")
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
     from audit.tasks import LOCAL_TASKS
     from probes.registry import available, get_probe
 
+    if args.name is not None:
+        if args.what != "probes":
+            raise BequeathError(f"'bequeath ls {args.what or ''} {args.name}': a name is taken only after "
+                                "'probes' (bequeath ls probes NAME).")
+        print(probe_card_text(get_probe(args.name)))  # unknown name: ProbeError with did-you-mean, exit 2
+        return 0
     if args.what in (None, "probes"):
         print("probes:")
         for name in available():
@@ -131,6 +138,30 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         for k, v in TECHNIQUES.items():
             print(f"  {k:<8} {v}")
     return 0
+
+
+def probe_card_text(probe: Any) -> str:
+    """A probe's full card as plain text: what it measures, its metrics, data, license, caveats, citation."""
+    card = probe.card
+    lines = [f"{probe.name} (version {probe.version}, {probe.kind}): {card.title}",
+             "", "measures:", f"  {card.measures}", "", "metrics:"]
+    lines += [f"  {name}: {text}" for name, text in card.metrics.items()]
+    lines += ["", "data:", f"  {card.data}" + ("  (bundled with bequeath)" if card.bundled else "")]
+    hub = getattr(probe, "hub", None)
+    if hub:
+        lines.append(f"  hub copy: path: {hub.example}")
+    lines += ["", "license:", f"  {card.license}", "", "caveats:"]
+    lines += [f"  - {c}" for c in card.caveats] or ["  (none)"]
+    if card.ability is not None or card.floor is not None:
+        lines += ["", "measurability:"]
+        if card.ability is not None:
+            lines.append(f"  ability metric: {card.ability}")
+        if card.floor is not None:
+            lines.append(f"  floor: {card.floor:g} (at or below it, bias numbers are not judged)")
+        if card.choice is not None:
+            lines.append(f"  choice column: {card.choice}")
+    lines += ["", "citation:", *(f"  {line}" for line in card.citation.splitlines())]
+    return "\n".join(lines)
 
 
 def _models_parser(sub: Any) -> None:

@@ -19,3 +19,43 @@ def test_version_prints_the_installed_version(capsys):
     assert out.strip() == f"bequeath {version('bequeath')}"
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert version("bequeath") == pyproject["project"]["version"]  # installed metadata is not stale
+
+
+def test_ls_probes_name_prints_the_full_card(capsys):
+    from probes.registry import get_probe
+
+    assert main(["ls", "probes", "bbq"]) == 0
+    out = capsys.readouterr().out
+    card = get_probe("bbq").card
+    for heading in ("measures:", "metrics:", "data:", "license:", "caveats:", "citation:", "measurability:"):
+        assert f"\n{heading}\n" in out
+    assert out.startswith(f"bbq (version {get_probe('bbq').version}, loglikelihood): {card.title}")
+    assert card.measures in out and card.license in out and card.citation.splitlines()[0] in out
+    for name, text in card.metrics.items():
+        assert f"  {name}: {text}" in out
+    for caveat in card.caveats:
+        assert f"  - {caveat}" in out
+    assert f"ability metric: {card.ability}" in out and f"floor: {card.floor:g}" in out
+    assert "hf://oskarvanderwal/bbq" in out  # where its hub copy lives
+
+
+def test_ls_probes_name_without_ability_has_no_measurability_section(capsys):
+    from probes.registry import available, get_probe
+
+    plain = [n for n in available() if get_probe(n).card.ability is None and get_probe(n).card.floor is None]
+    if not plain:
+        pytest.skip("every probe declares an ability metric")
+    assert main(["ls", "probes", plain[0]]) == 0
+    out = capsys.readouterr().out
+    assert "citation:" in out and "measurability:" not in out
+
+
+def test_ls_probes_unknown_name_exits_2_with_did_you_mean(capsys):
+    assert main(["ls", "probes", "crows_pair"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown probe 'crows_pair'" in err and "Did you mean: crows_pairs?" in err
+
+
+def test_ls_name_after_tasks_is_a_usage_error(capsys):
+    assert main(["ls", "tasks", "bbq"]) == 2
+    assert "bequeath ls probes NAME" in capsys.readouterr().err
