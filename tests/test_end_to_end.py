@@ -34,12 +34,29 @@ def test_demo_distills_audits_and_reports_on_the_real_teacher(demo_dir):
     assert probe["models"]["teacher"]["n_scored"] == probe["models"]["soft-student"]["n_scored"] == 736
     gender = next(c for c in run["comparisons"] if c["group_key"] == "bias_type" and c["group"] == "gender")
     assert gender["n"] == 192 and gender["verdict"]
+    # no verdict that its own numbers contradict: the gate recomputes every one from items.jsonl, and an
+    # interval at a verdict's decision level excludes 0 exactly when the adjusted p is significant
+    assert main(["gate", str(out / "audit"), "--policy", str(_policy(out))]) == 0
+    alpha = run["settings"]["alpha_look"]
+    for c in run["comparisons"]:
+        d = c["delta"]
+        if d["ci_decision"] and d["p_adj"] is not None:
+            assert (d["ci_decision"][0] > 0 or d["ci_decision"][1] < 0) == (d["p_adj"] <= alpha), c["reason"]
+        if c["verdict"] in ("amplified", "introduced", "reversed", "attenuated"):
+            assert d["p_adj"] <= alpha and abs(d["value"]) >= run["settings"]["tolerance"], c["reason"]
 
     html = report.read_text()
     for text in ("teacher", "soft-student", "gender", "age", "bundled_qa"):
         assert text in html
     assert re.search(r"Content-Security-Policy", html)
     assert "<script" not in html.lower()
+
+
+def _policy(out):
+    """A policy that fails nothing, so the gate's exit code says only whether the run verifies."""
+    path = out.parent / "verify-only.yaml"
+    path.write_text("fail_verdicts: []\nrequired_probes: []\n")
+    return path
 
 
 def test_cli_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
