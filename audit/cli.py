@@ -103,20 +103,19 @@ def _ls_parser(sub: Any) -> None:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from audit.tasks import LOCAL_TASKS
-    from probes.registry import available, get_probe
+    from audit.registry import available, get
 
     if args.name is not None:
         if args.what != "probes":
             raise BequeathError(f"'bequeath ls {args.what or ''} {args.name}': a name is taken only after "
                                 "'probes' (bequeath ls probes NAME).")
-        print(probe_card_text(get_probe(args.name)))  # unknown name: ProbeError with did-you-mean, exit 2
+        print(probe_card_text(get("probes", args.name)))  # unknown name: SpecError with did-you-mean, exit 2
         return 0
     if args.what in (None, "probes"):
         print("probes:")
-        for name in available():
+        for name in available("probes"):
             try:
-                probe = get_probe(name)
+                probe = get("probes", name)
                 print(f"  {name:<14} {probe.card.title}\n  {'':<14} metrics: {', '.join(m.name for m in probe.metrics)}")
                 hub = getattr(probe, "hub", None)
                 if hub:
@@ -127,16 +126,16 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                 print(f"  {name:<14} (cannot be built: {exc})")
     if args.what in (None, "tasks"):
         print("tasks:")
-        for t in LOCAL_TASKS.values():
-            print(f"  {t.name:<20} {t.description}")
+        for name in available("tasks"):
+            print(f"  {name:<20} {get('tasks', name).description}")
     if args.what in (None, "techniques"):
-        print("techniques:")
-        try:
-            from distill.spec import TECHNIQUES  # type: ignore[attr-defined]
-        except ImportError:
-            TECHNIQUES = {"soft": "soft-label KD", "hard": "hard-label KD", "co": "co-distillation"}
-        for k, v in TECHNIQUES.items():
-            print(f"  {k:<8} {v}")
+        print("techniques:")  # registered by name under bequeath.techniques; loading one imports its package
+        for name in available("techniques"):
+            try:
+                technique = get("techniques", name)
+                print(f"  {name:<8} {getattr(technique, 'summary', technique)}")
+            except BequeathError as exc:
+                print(f"  {name:<8} (cannot be loaded: {exc})")
     return 0
 
 

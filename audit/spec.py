@@ -190,13 +190,11 @@ def _probe_specs(raw: Any, errors: list[str]) -> list[ProbeSpec]:
 
 
 def _check_names(kw: dict[str, Any], errors: list[str]) -> None:
-    from audit.tasks import LOCAL_TASKS
-    from probes.registry import available
+    from audit.registry import unknown
 
-    known = available()
     for p in kw.get("probes", ()):
-        if p.name not in known:
-            errors.append(f"probes: unknown probe '{p.name}'.{did_you_mean(p.name, known)} Known: {', '.join(known)}")
+        if problem := unknown("probes", p.name):
+            errors.append(f"probes: {problem}")
     for t in kw.get("tasks", ()):
-        if t not in LOCAL_TASKS:
-            errors.append(f"tasks: unknown task '{t}'.{did_you_mean(t, LOCAL_TASKS)} Known: {', '.join(LOCAL_TASKS)}")
+        if problem := unknown("tasks", t):
+            errors.append(f"tasks: {problem}")

@@ -90,15 +90,31 @@ class TaskResult:
     error: str | None = None
 
 
+def all_tasks() -> dict[str, LocalTask]:
+    """The built-in tasks and the plugins registered under the ``bequeath.tasks`` entry-point group
+    (each a ``LocalTask``); a built-in name wins. Read through ``audit.registry``."""
+    from importlib.metadata import entry_points
+
+    found = dict(LOCAL_TASKS)
+    for ep in entry_points(group="bequeath.tasks"):
+        if ep.name not in found:
+            task = ep.load()
+            if not isinstance(task, LocalTask):
+                raise SpecError(f"Task plugin '{ep.name}' ({ep.value}) is not an audit.tasks.LocalTask.")
+            found[ep.name] = task
+    return found
+
+
 def check_task_names(names: Sequence[str]) -> None:
-    bad = [n for n in names if n not in LOCAL_TASKS]
+    known = all_tasks()
+    bad = [n for n in names if n not in known]
     if bad:
-        hints = "; ".join(f"'{n}'.{did_you_mean(n, LOCAL_TASKS)}" for n in bad)
-        raise SpecError(f"Unknown task {hints} Known tasks: {', '.join(LOCAL_TASKS)}.")
+        hints = "; ".join(f"'{n}'.{did_you_mean(n, known)}" for n in bad)
+        raise SpecError(f"Unknown task {hints} Known tasks: {', '.join(known)}.")
 
 
 def task_data_file(name: str, data_dir: Path | None) -> Path:
-    task = LOCAL_TASKS[name]
+    task = all_tasks()[name]
     if task.file.startswith("bundled:"):
         return Path(str(resources.files("audit.taskdata") / task.file.split(":", 1)[1]))
     if data_dir is None:
@@ -134,6 +150,7 @@ def run_tasks(lm: Any, names: Sequence[str], *, data_dir: Path | None, limit: in
     from lm_eval.tasks import TaskManager
 
     check_task_names(names)
+    tasks = all_tasks()
     results = []
     with tempfile.TemporaryDirectory(prefix="bequeath-tasks-") as tmp:
         folder = Path(tmp)
@@ -141,14 +158,14 @@ def run_tasks(lm: Any, names: Sequence[str], *, data_dir: Path | None, limit: in
         for name in names:
             data = task_data_file(name, data_dir)
             sliced = _first_rows(data, limit, folder) if limit and not data.suffix == ".csv" else None
-            _write_config(folder, LOCAL_TASKS[name], data, sliced)
+            _write_config(folder, tasks[name], data, sliced)
             files[name] = data
         tm = TaskManager(include_path=str(folder), include_defaults=False)
         out = simple_evaluate(model=lm, tasks=list(names), task_manager=tm, log_samples=True, limit=limit,
                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                               fewshot_random_seed=seed, bootstrap_iters=0)
         for name in names:
-            metric = LOCAL_TASKS[name].metric
+            metric = tasks[name].metric
             samples = out["samples"].get(name, [])
             scores = {str(s["doc_id"]): float(s[metric]) for s in samples if metric in s}
             err = None if scores else f"lm-eval returned no '{metric}' samples for {name}"

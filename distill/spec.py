@@ -14,7 +14,24 @@ from typing import Any
 from audit.errors import SpecError, did_you_mean
 from distill.losses import DIVERGENCES
 
-METHODS = ("soft", "hard", "co")
+
+@dataclass(frozen=True, kw_only=True)
+class Technique:
+    """A distillation method as the catalogue shows it. Registered by name under the
+    ``bequeath.techniques`` entry-point group (pyproject.toml), read by ``audit.registry``."""
+
+    name: str
+    summary: str
+
+
+SOFT = Technique(name="soft", summary="soft-label KD: the student matches the teacher's token distributions "
+                                      "(forward or reverse KL, JSD(beta), skew KL; temperature)")
+HARD = Technique(name="hard", summary="hard-label KD: the student learns the teacher's argmax tokens (token "
+                                      "level) or its greedy continuations (sequence level)")
+CO = Technique(name="co", summary="co-distillation: teacher and peers train together, each pulled towards "
+                                  "the others' distributions")
+TECHNIQUES: dict[str, Technique] = {t.name: t for t in (SOFT, HARD, CO)}
+METHODS = tuple(TECHNIQUES)
 HARD_LEVELS = ("token", "sequence")
 STUDENT_FROM = ("layers", "config", "checkpoint")
 

@@ -84,3 +84,104 @@ def test_models_list_shows_prepared_alias_and_cache_folders(capsys, monkeypatch,
     assert "  smollm2-135m   3.0 MiB of safetensors" in out
     assert "  my-student     (no .safetensors weights)" in out
     assert ".prep-123" not in out
+
+
+# ---------------------------------------------------------------- one registry: probes, tasks, techniques
+
+
+def test_registry_lists_each_kind():
+    from audit.registry import available
+    from audit.tasks import LOCAL_TASKS
+    from probes.registry import BUILTIN
+
+    assert set(BUILTIN) <= set(available("probes"))
+    assert set(LOCAL_TASKS) <= set(available("tasks"))
+    assert available("techniques") == ["co", "hard", "soft"]  # from the installed entry points
+
+
+def test_techniques_are_read_from_entry_points_and_match_distill():
+    """The names come from the installed metadata (pyproject's bequeath.techniques group) and are
+    exactly the methods distill's spec accepts; each loads to distill's own description."""
+    from importlib.metadata import entry_points
+
+    from audit.registry import get
+    from distill.spec import METHODS, TECHNIQUES
+
+    eps = {ep.name: ep.value for ep in entry_points(group="bequeath.techniques")}
+    assert eps == {name: f"distill.spec:{name.upper()}" for name in METHODS}
+    for name in METHODS:
+        assert get("techniques", name) is TECHNIQUES[name]
+
+
+def test_registry_get_returns_the_thing():
+    from audit.registry import get
+    from audit.tasks import LOCAL_TASKS
+
+    assert get("tasks", "bundled_qa") is LOCAL_TASKS["bundled_qa"]
+    probe = get("probes", "crows_pairs")
+    assert probe.name == "crows_pairs" and probe.card.title
+
+
+@pytest.mark.parametrize(("kind", "typo", "close"), [("probes", "stereosett", "stereoset"),
+                                                     ("tasks", "bundled_q", "bundled_qa"),
+                                                     ("techniques", "sotf", "soft")])
+def test_registry_unknown_names_get_did_you_mean(kind, typo, close):
+    from audit.errors import SpecError
+    from audit.registry import available, get
+
+    with pytest.raises(SpecError) as exc:
+        get(kind, typo)
+    msg = str(exc.value)
+    assert f"'{typo}'" in msg and f"Did you mean: {close}?" in msg and ", ".join(available(kind)) in msg
+    assert exc.value.exit_code == 2
+
+
+def test_registry_unknown_kind():
+    from audit.errors import SpecError
+    from audit.registry import available
+
+    with pytest.raises(SpecError, match="Did you mean: probes"):
+        available("probe")
+
+
+def test_ls_techniques_reads_the_registry(capsys, monkeypatch):
+    """ls lists what the registry holds: a technique registered by a plugin shows up, with its summary."""
+    import importlib.metadata as md
+
+    import audit.registry as registry
+    from distill.spec import TECHNIQUES
+
+    real = md.entry_points
+
+    def with_plugin(*, group):
+        eps = list(real(group=group))
+        if group == "bequeath.techniques":
+            eps.append(md.EntryPoint(name="zz_plugin", value="distill.spec:HARD", group=group))
+        return eps
+
+    monkeypatch.setattr(registry, "entry_points", with_plugin)
+    assert main(["ls", "techniques"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "techniques:"
+    assert out[1:] == [f"  {n:<8} {TECHNIQUES[n].summary}" for n in ("co", "hard", "soft")] + [
+        f"  {'zz_plugin':<8} {TECHNIQUES['hard'].summary}"]
+
+
+def test_ls_tasks_reads_the_registry(capsys):
+    from audit.tasks import LOCAL_TASKS
+
+    assert main(["ls", "tasks"]) == 0
+    out = capsys.readouterr().out
+    for t in LOCAL_TASKS.values():
+        assert f"  {t.name:<20} {t.description}" in out
+
+
+def test_spec_validation_uses_the_registry():
+    from audit.errors import SpecError
+    from audit.spec import AuditSpec
+
+    with pytest.raises(SpecError) as exc:
+        AuditSpec.from_dict({"probes": ["crows_pair"], "tasks": ["bundled_q"]})
+    msg = str(exc.value)
+    assert "probes: Unknown probe 'crows_pair'. Did you mean: crows_pairs?" in msg
+    assert "tasks: Unknown task 'bundled_q'. Did you mean: bundled_qa?" in msg
