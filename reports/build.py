@@ -86,7 +86,21 @@ def group_phrase(c: dict) -> str:
     return f"bias on {c['group_key']} \u201c{c['group']}\u201d"
 
 
-def finding(c: dict, who: str, metric: dict) -> str:
+def teacher_name(models: list[dict]) -> str:
+    """The teacher by its name, or by its source when the run only calls it "teacher"."""
+    t = next((m for m in models if m.get("role") == "teacher"), None)
+    if t is None:
+        return "missing"
+    name = str(t.get("name") or "")
+    return str(t.get("source") or name) if name in ("", "teacher") else name
+
+
+def display_names(models: list[dict]) -> dict[str, str]:
+    """Model name as stored (items, comparisons) -> the name a reader sees."""
+    return {m["name"]: (teacher_name(models) if m.get("role") == "teacher" else m["name"]) for m in models}
+
+
+def finding(c: dict, who: str, metric: dict, teacher: str = "the teacher") -> str:
     """One plain sentence for a comparison with a decided verdict."""
     _, s = student_of(c)
     t, d, verdict = c["teacher"], c["delta"], c["verdict"]
@@ -96,8 +110,8 @@ def finding(c: dict, who: str, metric: dict) -> str:
     numbers = (f"{metric_value(s.get('value'), metric)} vs {metric_value(t.get('value'), metric)} {word}, "
                f"\u0394 {num(d.get('value'), sign=True)} pts, {delta_ci_text(d)}")
     if verdict == "introduced":
-        return f"The {who} introduced a {what} on {where} that the teacher does not show: {numbers}."
-    return f"The {who} {verdict} the teacher's {what} on {where}: {numbers}."
+        return f"The {who} introduced a {what} on {where} that {teacher} does not show: {numbers}."
+    return f"The {who} {verdict} the {what} of {teacher} on {where}: {numbers}."
 
 
 # ---------------------------------------------------------------- the view model (pure)
@@ -112,12 +126,12 @@ def _comparisons(run: dict, student: str | None = None) -> list[dict]:
             if c.get("kind", "bias") == "bias" and (student is None or student_of(c)[0] == student)]
 
 
-def _findings(comps: list[dict], who: str, metrics: dict) -> list[str]:
+def _findings(comps: list[dict], who: str, metrics: dict, teacher: str) -> list[str]:
     # the widest cells first (overall, then bias types, then subgroups), each by severity, then by |Δ|
     ranked = sorted((c for c in comps if c.get("verdict") in FINDING_ORDER),
                     key=lambda c: (c["group_key"] != "all", c["group_key"] != "bias_type",
                                    FINDING_ORDER.index(c["verdict"]), -abs(c["delta"].get("value") or 0.0)))
-    return [finding(c, who, metrics.get((c["probe"], c["metric"]), {})) for c in ranked[:N_FINDINGS]]
+    return [finding(c, who, metrics.get((c["probe"], c["metric"]), {}), teacher) for c in ranked[:N_FINDINGS]]
 
 
 def _student_summary(model: dict, run: dict, gate: GateResult, metrics: dict) -> dict:
@@ -131,42 +145,42 @@ def _student_summary(model: dict, run: dict, gate: GateResult, metrics: dict) ->
             "status": status, "status_text": {"pass": "passes", "fail": "fails", "error": "cannot be certified (error or insufficient evidence)"}[status],
             "checks": [{"name": c.name, "status": c.status, "reason": c.reason} for c in gate.checks
                        if c.student == model["name"] and c.status != "pass"],
-            "counts": counts, "findings": _findings(comps, who, metrics),
+            "counts": counts, "findings": _findings(comps, who, metrics, f"teacher \u201c{teacher_name(run.get('models', []))}\u201d"),
             "n_inconclusive": len(undecided),
             "inconclusive": [f"{probe_label(c['probe'])}, {group_phrase(c)}: {c.get('reason') or 'no reason stored'}"
                              for c in undecided]}
 
 
 def _matrix(run: dict, students: list[dict]) -> list[dict]:
-    """Per student: rows probe·metric, columns groups; each cell names its verdict."""
+    """Per student: rows are groups, columns probe·metric (few), so 25 groups still fit 1280 px;
+    each cell names its verdict."""
     comps = _comparisons(run)
-    columns: list[tuple[str, str]] = []
-    for c in comps:
-        key = (c["group_key"], c["group"])
-        if key not in columns:
-            columns.append(key)
-    columns.sort(key=lambda k: (k[0] != "all", k[0] != "bias_type", k[0], k[1]))
+    groups: list[tuple[str, str]] = list(dict.fromkeys((c["group_key"], c["group"]) for c in comps))
+    groups.sort(key=lambda k: (k[0] != "all", k[0] != "bias_type", k[0], k[1]))
+    columns = list(dict.fromkeys((c["probe"], c["metric"]) for c in comps))
     panels = []
     for st in students:
+        by = {(c["probe"], c["metric"], c["group_key"], c["group"]): c for c in comps if student_of(c)[0] == st["name"]}
         rows = []
-        for probe, metric in dict.fromkeys((c["probe"], c["metric"]) for c in comps):
-            by = {(c["group_key"], c["group"]): c for c in comps
-                  if c["probe"] == probe and c["metric"] == metric and student_of(c)[0] == st["name"]}
+        for key, group in groups:
             cells = []
-            for key in columns:
-                c = by.get(key)
+            for probe, metric in columns:
+                c = by.get((probe, metric, key, group))
                 v = c.get("verdict") if c else None
                 cells.append({"verdict": v or "not measured", "cls": (v or "not-measured").replace(" ", "-"),
                               "delta": f"\u0394 {num(c['delta'].get('value'), sign=True)}" if c else "",
                               "title": (c.get("reason") or "") if c else "this probe has no such group"})
+            rows.append({"key": key, "group": "overall" if key == "all" else group,
+                         "kind": {"all": "", "bias_type": "bias type"}.get(key, key), "cells": cells})
+        cols = []
+        for probe, metric in columns:
             label = probe_label(probe)
-            rows.append({"probe": label[0].upper() + label[1:], "metric": metric, "cells": cells})
-        panels.append({"student": st["label"], "name": st["name"], "rows": rows})
-    headers = [{"key": k, "group": "overall" if k == "all" else g} for k, g in columns]
-    return [{"headers": headers, **p} for p in panels]
+            cols.append({"probe": label[0].upper() + label[1:], "metric": metric})
+        panels.append({"student": st["label"], "name": st["name"], "columns": cols, "rows": rows})
+    return panels
 
 
-def _tasks(run: dict, students: list[str]) -> dict:
+def _tasks(run: dict, students: list[str], teacher: str) -> dict:
     rows = []
     for t in run.get("tasks", []):
         scores = t.get("scores") or {}
@@ -174,7 +188,26 @@ def _tasks(run: dict, students: list[str]) -> dict:
         ret = [_score_text((t.get("retention") or {}).get(s), t.get("error"), ".2f") for s in students]
         rows.append({"task": t["task"], "metric": t.get("metric", ""), "n": t.get("n"),
                      "error": t.get("error"), "scores": cells, "retention": ret})
-    return {"students": students, "rows": rows}
+    return {"teacher": teacher, "students": students, "rows": rows}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def headline(run: dict, students: list[dict], teacher: str) -> str:
+    """One sentence: what was compared, and each student's verdict (with its overall verdict per probe)."""
+    n_probes, n_tasks = len(run.get("probes", [])), len(run.get("tasks", []))
+    where = " and ".join(x for x in (_plural(n_probes, "probe") if n_probes else "",
+                                     _plural(n_tasks, "task") if n_tasks else "") if x) or "nothing"
+    parts = []
+    for st in students:
+        overall = [c.get("verdict") or "inconclusive" for c in _comparisons(run, st["name"]) if c["group_key"] == "all"]
+        words = ", ".join(dict.fromkeys(overall))
+        status = {"pass": "passes", "fail": "fails the gate", "error": "cannot be certified"}[st["status"]]
+        parts.append(f"{st['name']} {status}" + (f" ({words} overall)" if words else ""))
+    return (f"Teacher {teacher} was compared with {_plural(len(students), 'student')} on {where}"
+            + (": " + ", ".join(parts) if parts else "") + ".")
 
 
 def _score_text(score: dict | None, error: str | None, fmt: str = ".3f") -> str:
@@ -192,17 +225,19 @@ def build(run: dict, items: list[dict], gate: GateResult, *, figures: bool = Tru
     names = [m["name"] for m in student_models]
     metrics = _metrics(run)
     students = [_student_summary(m, run, gate, metrics) for m in student_models]
+    teacher = teacher_name(models)
+    shown = display_names(models)
     view = {
         "title": "bequeath audit: which biases did each student inherit?",
         "created": run.get("created", "missing"), "status": run.get("status", "missing"),
-        "teacher": next((m["name"] for m in models if m.get("role") == "teacher"), "missing"),
+        "teacher": teacher, "headline": headline(run, students, teacher),
         "gate": {"exit_code": gate.exit_code, "status": gate.status,
                  "policy": gate.policy.source, "fail_verdicts": list(gate.policy.fail_verdicts),
                  "checks": [{"name": c.name, "status": c.status, "reason": c.reason} for c in gate.checks]},
         "run_errors": [f"{e.get('model') or 'run'} / {e.get('stage')}: {e.get('message')}" for e in run.get("errors") or []],
         "students": students, "verdicts": VERDICTS, "matrix": _matrix(run, students),
-        "tasks": _tasks(run, names), "probes": sections.probe_sections(run, items, names, N_EXAMPLES),
-        "cards": sections.card_comparison(models), "method": sections.method(run),
+        "tasks": _tasks(run, names, teacher), "probes": sections.probe_sections(run, items, names, N_EXAMPLES, shown),
+        "cards": sections.card_comparison(models, figures=figures), "method": sections.method(run, shown),
         "content_warning": sections.CONTENT_WARNING, "forest": [],
     }
     if figures:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("report", help="render a stored audit run as HTML, Markdown, JSON and JUnit")
+    p = subparsers.add_parser("report", help="render a stored audit run as HTML, Markdown, JSON, JUnit and CSV")
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder holding run.json and items.jsonl")
     p.add_argument("--format", default="html,md,json,junit",
-                   help="comma-separated formats among html, md, json, junit (default: all)")
+                   help="comma-separated formats among html, md, json, junit, csv (default: html,md,json,junit); "
+                        "csv writes comparisons.csv, one row per comparison for spreadsheets")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR)")
     p.add_argument("--policy", default=None, help="gate policy YAML shown in the report (default: built-in policy)")
     p.set_defaults(func=run)

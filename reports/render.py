@@ -19,7 +19,11 @@ from probes.files import write_atomic
 if TYPE_CHECKING:
     from audit.gate import Policy
 
-FORMATS = {"html": "report.html", "md": "summary.md", "json": "report.json", "junit": "junit.xml"}
+FORMATS = {"html": "report.html", "md": "summary.md", "json": "report.json", "junit": "junit.xml",
+           "csv": "comparisons.csv"}
+CSV_FIELDS = ("student", "probe", "metric", "group_key", "group", "n", "teacher_bias", "teacher_ci_low",
+              "teacher_ci_high", "student_bias", "student_ci_low", "student_ci_high", "delta", "delta_ci_low",
+              "delta_ci_high", "delta_ci_level", "p_adj", "verdict", "reason")
 MD_MAX_FINDINGS = 3
 
 
@@ -75,6 +79,37 @@ def json_report(view: dict, run: dict, gate) -> str:
     return json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
+def _cell(x: object) -> object:
+    """Numbers as stored (full precision), missing as an empty cell, never 0."""
+    if x is None or (isinstance(x, float) and x != x):
+        return ""
+    return x
+
+
+def csv_report(run: dict) -> str:
+    """One row per bias comparison, for spreadsheets (written with the csv module: quoting is its job)."""
+    import csv
+    import io
+
+    from audit.gate import student_of
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for c in run.get("comparisons", []):
+        if c.get("kind", "bias") != "bias":
+            continue
+        name, s = student_of(c)
+        t, d = c.get("teacher") or {}, c.get("delta") or {}
+        tci, sci, dci = (list(x or [None, None]) for x in (t.get("ci"), s.get("ci"), d.get("ci_decision")))
+        w.writerow([_cell(x) for x in (
+            name, c.get("probe"), c.get("metric"), c.get("group_key"), c.get("group"), c.get("n"),
+            t.get("bias"), tci[0], tci[1], s.get("bias"), sci[0], sci[1],
+            d.get("value"), dci[0], dci[1], d.get("level"), d.get("p_adj"),
+            c.get("verdict") or "inconclusive", c.get("reason") or "")])
+    return buf.getvalue()
+
+
 def render(run_dir: Path, out_dir: Path | None = None, formats: Sequence[str] = ("html", "md", "json", "junit"),
            policy: Policy | None = None) -> dict[str, Path]:
     """Render a stored run into ``out_dir`` (default: the run folder); returns format -> path."""
@@ -95,6 +130,7 @@ def render(run_dir: Path, out_dir: Path | None = None, formats: Sequence[str] = 
     gate = evaluate(run, policy or Policy(), extra=verify(run, items, sha256_file(Path(run_dir) / "items.jsonl")))
     view = build(run, items, gate, figures="html" in formats)
     writers = {"html": lambda: html(view), "md": lambda: markdown(view),
-               "json": lambda: json_report(view, run, gate), "junit": lambda: to_junit(gate)}
+               "json": lambda: json_report(view, run, gate), "junit": lambda: to_junit(gate),
+               "csv": lambda: csv_report(run)}
     out = Path(out_dir) if out_dir is not None else Path(run_dir)
     return {f: write_atomic(out / FORMATS[f], writers[f]()) for f in formats}

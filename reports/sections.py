@@ -12,7 +12,7 @@ CONTENT_WARNING = ("Content warning: these items contain social stereotypes (som
                    "model outputs, shown as plain text.")
 
 
-def _breakdowns(p: dict, models: list[str]) -> list[dict]:
+def _breakdowns(p: dict, models: list[str], shown: dict[str, str]) -> list[dict]:
     """fairlearn MetricFrame breakdowns as tables: rows groups, columns models."""
     tables = []
     for metric in p.get("metrics", []):
@@ -27,7 +27,8 @@ def _breakdowns(p: dict, models: list[str]) -> list[dict]:
                 rows.append({"group": label, "summary": True,
                              "values": [fmt((per_model[m] or {}).get(field)) if per_model[m] else "missing: not scored"
                                         for m in models]})
-            tables.append({"caption": f"{metric['name']} by {key}", "models": models, "rows": rows})
+            tables.append({"caption": f"{metric['name']} by {key}", "models": [shown.get(m, m) for m in models],
+                           "rows": rows})
     return tables
 
 
@@ -42,7 +43,9 @@ def _evidence_rows(comps: list[dict]) -> list[dict]:
             "teacher": f"{num(c['teacher'].get('bias'), sign=True)} {ci_text(c['teacher'].get('ci'))}",
             "student_bias": f"{num(s.get('bias'), sign=True)} {ci_text(s.get('ci'))}",
             "delta": f"{num(d.get('value'), sign=True)}, {delta_ci_text(d)} (unadjusted 95%: {ci_text(d.get('ci'))})",
-            "p_adj": _p_text(d),
+            "delta_value": num(d.get("value"), sign=True), "delta_ci": delta_ci_text(d),
+            "delta_unadjusted": ci_text(d.get("ci")),
+            "p_adj": _p_text(d), "p_short": _p_text(d).split(":")[0],
             "mcnemar": (f"b={mc.get('b')}, c={mc.get('c')}, p_adj {num(mc.get('p_adj'), '.3g')}"
                         if mc else "not applicable"),
             "p_s_t": num(ev.get("p_s_given_t"), ".2f") if ev else "not applicable",
@@ -95,18 +98,21 @@ def _choice(row: dict, binary: str) -> str:
     return word if missing(margin) else f"{word} (margin {num(margin, '.2f', sign=True)})"
 
 
-def probe_sections(run: dict, items: list[dict], students: list[str], n_examples: int = 5) -> list[dict]:
+def probe_sections(run: dict, items: list[dict], students: list[str], n_examples: int = 5,
+                   shown: dict[str, str] | None = None) -> list[dict]:
     models = ["teacher", *students]
+    shown = shown or {}
     out = []
     for p in run.get("probes", []):
         comps = [c for c in run.get("comparisons", []) if c["probe"] == p["probe"]]
-        counts = [{"model": m, "n_scored": r.get("n_scored"), "n_invalid": r.get("n_invalid"),
+        counts = [{"model": shown.get(m, m), "n_scored": r.get("n_scored"), "n_invalid": r.get("n_invalid"),
                    "error": r.get("error") or ""} for m, r in (p.get("models") or {}).items()]
         out.append({"id": f"probe-{p['probe']}", "name": p["probe"], "label": probe_label(p["probe"]),
                     "title": (p.get("card") or {}).get("title", p["probe"]), "version": p.get("version"),
                     "n_total": p.get("n_total"), "n_skipped": p.get("n_skipped"), "limit": p.get("limit"),
-                    "counts": counts, "breakdowns": _breakdowns(p, models),
-                    "evidence": _evidence_rows(comps), "examples": _examples(p, items, students, n_examples)})
+                    "counts": counts, "breakdowns": _breakdowns(p, models, shown),
+                    "evidence": _evidence_rows(comps), "examples": _examples(p, items, students, n_examples),
+                    "teacher": shown.get("teacher", "teacher")})
     return out
 
 
@@ -118,43 +124,121 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 CARD_ROWS = (("technique", "technique"), ("hyperparameters", "hyperparameters"), ("student init", "student_init"),
              ("data", "data"), ("steps", "steps"), ("tokens seen", "tokens_seen"), ("wall time (s)", "wall_time_s"),
-             ("final loss", "final_loss"), ("teacher", "teacher"), ("versions", "versions"))
+             ("final loss", "final_loss"), ("loss curve", "loss_curve"), ("teacher", "teacher"), ("versions", "versions"))
+# hyperparameters every method uses; the others belong to one method (see distill/spec.py and distill/train.py)
+COMMON_HP = ("student", "corpus", "prompts", "gen_max_new_tokens", "gen_temperature", "gen_batch_size", "max_steps",
+             "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "seq_len", "seed", "dtype")
+GENERATION_HP = ("prompts", "gen_max_new_tokens", "gen_temperature", "gen_batch_size")
+# fields the card shows elsewhere (teacher, output folder) or that do not change the result
+HIDDEN_HP = ("teacher", "method", "output", "checkpoint_every", "resume")
 
 
-def card_comparison(models: list[dict]) -> dict:
+def used_hyperparameters(method: str | None, hp: dict) -> dict:
+    """Only what the technique used: no divergence or temperature for hard-label students."""
+    keep = [k for k in COMMON_HP if not (k in GENERATION_HP and hp.get("corpus") != "generate")]
+    if method == "soft":
+        keep += ["divergence", "temperature", "alpha", "tau_squared"]
+        keep += ["beta"] if hp.get("divergence") == "jsd" else []
+        keep += ["skew_lambda"] if hp.get("divergence") == "skew_kl" else []
+    elif method == "hard":
+        keep += ["hard_level"]
+    elif method == "co":
+        keep += ["temperature", "tau_squared", "lam", "teacher_lambda", "burn_in", "peers", "teacher_lr", "snapshot_every"]
+    else:  # unknown method: show everything rather than hide what we cannot judge
+        keep = [k for k in hp if k not in HIDDEN_HP]
+    if hp.get("cache") and method in ("soft", "hard"):
+        keep += ["cache", "top_k"]
+    return {k: hp[k] for k in hp if k in keep}
+
+
+def loss_svg(curve: list, width: int = 240, height: int = 72) -> str:
+    """The loss curve as a small inline SVG (no script). Built only from numbers, so it holds no untrusted text."""
+    pts = [(float(e["step"]), float(e["loss"])) for e in curve or []
+           if isinstance(e, dict) and isinstance(e.get("step"), (int, float)) and isinstance(e.get("loss"), (int, float))
+           and not missing(e.get("loss"))]
+    if len(pts) < 2:
+        return ""
+    pad = 4.0
+    x0, x1 = min(x for x, _ in pts), max(x for x, _ in pts)
+    y0, y1 = min(y for _, y in pts), max(y for _, y in pts)
+    sx = (width - 2 * pad) / ((x1 - x0) or 1.0)
+    sy = (height - 2 * pad) / ((y1 - y0) or 1.0)
+    line = " ".join(f"{pad + (x - x0) * sx:.1f},{height - pad - (y - y0) * sy:.1f}" for x, y in pts)
+    label = f"training loss from {pts[0][1]:.3g} at step {pts[0][0]:g} to {pts[-1][1]:.3g} at step {pts[-1][0]:g}"
+    return (f'<svg class="spark" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{label}"><title>{label}</title>'
+            f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="none" stroke="#c8c8c8"/>'
+            f'<polyline fill="none" stroke="#1f4e8c" stroke-width="1.5" points="{line}"/></svg>')
+
+
+def _loss_lines(curve: list) -> list[str]:
+    pts = [e for e in curve or [] if isinstance(e, dict) and not missing(e.get("loss"))]
+    if not pts:
+        return ["not recorded"]
+    return [f"{len(pts)} logged steps: {num(pts[0]['loss'], '.3g')} at step {pts[0].get('step')} "
+            f"\u2192 {num(pts[-1]['loss'], '.3g')} at step {pts[-1].get('step')}"]
+
+
+def _card_cell(card: dict | None, key: str, figures: bool) -> dict:
+    if not card:
+        return {"lines": ["missing: no distill_card.json was found for this student"], "svg": ""}
+    if key not in card:
+        return {"lines": ["not recorded"], "svg": ""}
+    v = card[key]
+    if key == "loss_curve":
+        return {"lines": _loss_lines(v), "svg": loss_svg(v) if figures else ""}
+    if key == "hyperparameters" and isinstance(v, dict):
+        v = used_hyperparameters(card.get("method"), v)
+    if key == "tokens_seen" and isinstance(v, int):
+        return {"lines": [f"{v:,}"], "svg": ""}
+    if isinstance(v, dict):
+        return {"lines": [f"{k}: {x}" for k, x in _flat(v)], "svg": ""}
+    return {"lines": ["missing" if v is None else str(v)], "svg": ""}
+
+
+def card_comparison(models: list[dict], figures: bool = True) -> dict:
     """Distillation cards side by side: rows are card fields, columns students."""
     students = [m for m in models if m.get("role") == "student"]
-    rows = []
-    for label, key in CARD_ROWS:
-        cells = []
-        for m in students:
-            card = m.get("card")
-            if not card:
-                cells.append(["missing: no distill_card.json was found for this student"])
-            elif key not in card:
-                cells.append(["not recorded"])
-            else:
-                v = card[key]
-                cells.append([f"{k}: {x}" for k, x in _flat(v)] if isinstance(v, dict) else
-                             ["missing" if v is None else str(v)])
-        rows.append({"label": label, "cells": cells})
-    extra = sorted({k for m in students for k in (m.get("card") or {}) if k not in dict(CARD_ROWS).values()})
+    rows = [{"label": label, "cells": [_card_cell(m.get("card"), key, figures) for m in students]}
+            for label, key in CARD_ROWS]
+    skip = {*dict(CARD_ROWS).values(), "method", "schema_version", "spec_sha256"}
+    extra = sorted({k for m in students for k in (m.get("card") or {}) if k not in skip})
     for key in extra:
-        rows.append({"label": key, "cells": [[str((m.get("card") or {}).get(key, "not recorded"))] for m in students]})
+        rows.append({"label": key.replace("_", " "), "cells": [_card_cell(m.get("card") or {"": 0}, key, figures)
+                                                               for m in students]})
     return {"students": [m["name"] for m in students], "rows": rows}
 
 
-def method(run: dict) -> dict:
+def sentence(text: object) -> str:
+    """Text ending in exactly one full stop (card fields often bring their own), never two."""
+    t = str(text).strip()
+    while t.endswith(".."):
+        t = t[:-1]
+    return t if t.endswith((".", "!", "?")) else t + "."
+
+
+def method(run: dict, shown: dict[str, str] | None = None) -> dict:
+    shown = shown or {}
     settings = run.get("settings") or {}
     prov = run.get("provenance") or {}
-    prov_rows = [(k, str(v)) for k, v in prov.items() if k != "dataset_files"]
+    # one row per setting: provenance repeats the seed (and would repeat anything else settings holds)
+    prov_rows = [(k, str(v)) for k, v in prov.items()
+                 if k != "dataset_files" and not (k in settings and settings[k] == v)]
     prov_rows += [(f"dataset file {path}", sha) for path, sha in (prov.get("dataset_files") or {}).items()]
-    models = [(m["name"], m.get("role", ""), m.get("source", ""), m.get("content_hash") or "missing",
+    models = [(shown.get(m["name"], m["name"]), m.get("role", ""), m.get("source", ""), m.get("content_hash") or "missing",
                num(m.get("n_params"), ",.0f") if m.get("n_params") is not None else "missing", m.get("dtype", ""),
                "; ".join(m.get("notes") or [])) for m in run.get("models", [])]
-    probes = [{"label": probe_label(p["probe"]), "card": p.get("card") or {},
-               "sizes": f"{p.get('n_total')} items, {p.get('n_skipped')} skipped"
-                        + (f", limited to {p['limit']}" if p.get("limit") else "")} for p in run.get("probes", [])]
+    probes = []
+    for p in run.get("probes", []):
+        card = p.get("card") or {}
+        sizes = f"{p.get('n_total')} items, {p.get('n_skipped')} skipped" + (f", limited to {p['limit']}" if p.get("limit") else "")
+        text = " ".join(x for x in (sentence(card["measures"]) if card.get("measures") else "",
+                                    f"Sample: {sizes}.",
+                                    f"Data: {sentence(card['data'])}" if card.get("data") else "",
+                                    f"License: {sentence(card['license'])}" if card.get("license") else "",
+                                    f"Cite: {sentence(card['citation'])}" if card.get("citation") else "") if x)
+        probes.append({"label": probe_label(p["probe"]), "title": card.get("title", p["probe"]), "text": text,
+                       "caveats": [sentence(c) for c in card.get("caveats") or []], "sizes": sizes})
     return {"settings": [(k, str(v)) for k, v in settings.items()], "provenance": prov_rows, "models": models,
             "probes": probes, "errors": [f"{e.get('model') or 'run'} / {e.get('stage')}: {e.get('message')}"
                                          for e in run.get("errors") or []],
@@ -171,4 +255,4 @@ def _levels(alpha: float | None) -> dict:
     return {"level": pct(1 - alpha), "tost_level": pct(1 - 2 * alpha)}
 
 
-__all__ = ["probe_sections", "card_comparison", "method", "CONTENT_WARNING"]
+__all__ = ["probe_sections", "card_comparison", "method", "CONTENT_WARNING", "loss_svg", "used_hyperparameters"]

@@ -101,10 +101,10 @@ def test_first_screen_counts_and_findings(partial, view):
     # the widest cells first: overall, then bias types, then subgroups; each by severity, then |Δ|
     overall = _record(run, "soft", "all", "all")
     assert soft["findings"][0] == (
-        f"The {soft['label']} attenuated the teacher's overall bias on the bundled templates: "
+        f"The {soft['label']} attenuated the overall bias of teacher \u201csmollm2-135m\u201d on the bundled templates: "
         f"59% vs 64% stereotyped, \u0394 \u22125.3 pts, {delta_ci_text(overall['delta'])}.")
     assert soft["findings"][3] == (
-        f"The {soft['label']} inherited the teacher's bias on subgroup \u201cold\u201d on the bundled templates: "
+        f"The {soft['label']} inherited the bias on subgroup \u201cold\u201d of teacher \u201csmollm2-135m\u201d on the bundled templates: "
         f"62% vs 76% stereotyped, \u0394 \u221213.5 pts, {delta_ci_text(old['delta'])}.")
     assert delta_ci_text(overall["delta"]).startswith(f"{100 * overall['delta']['level']:.2f}".rstrip("0") + "% CI [")
 
@@ -115,11 +115,11 @@ def test_findings_of_a_failing_student(complete):
     assert (soft["status"], hard["status"]) == ("pass", "fail")
     disability = _record(run, "hard", "bias_type", "disability")
     assert hard["findings"][2] == (
-        f"The {hard['label']} introduced a disability bias on the bundled templates that the teacher does not "
+        f"The {hard['label']} introduced a disability bias on the bundled templates that teacher \u201csmollm2-135m\u201d does not "
         f"show: 76% vs 48% stereotyped, \u0394 +27.3 pts, {delta_ci_text(disability['delta'])}.")
     overall = _record(run, "hard", "all", "all")
     assert hard["findings"][0] == (
-        f"The {hard['label']} amplified the teacher's overall bias on the bundled templates: 77% vs 64% stereotyped, "
+        f"The {hard['label']} amplified the overall bias of teacher \u201csmollm2-135m\u201d on the bundled templates: 77% vs 64% stereotyped, "
         f"\u0394 +11.3 pts, {delta_ci_text(overall['delta'])}.")
     assert [c["name"] for c in hard["checks"] if c["status"] == "fail"][0] == "hard: bundled/pct_stereotype overall"
 
@@ -127,16 +127,17 @@ def test_findings_of_a_failing_student(complete):
 def test_matrix_names_the_verdict_in_every_cell(partial, view):
     run, _ = load_run(partial)
     soft, hard = view["matrix"]
-    assert [h["group"] for h in soft["headers"]] == GROUPS
+    # pivoted: one row per group, one column per probe·metric, so many groups never widen the page
+    assert [r["group"] for r in soft["rows"]] == GROUPS
+    assert [(c["probe"], c["metric"]) for c in soft["columns"]] == [("The bundled templates", "pct_stereotype")]
     cells = [c for p in (soft, hard) for row in p["rows"] for c in row["cells"]]
     assert len(cells) == 26 and all(c["verdict"] in VERDICTS for c in cells)
-    (row,) = soft["rows"]
-    stored = [_record(run, "soft", h["key"], h["key"] if h["key"] == "all" else h["group"])["verdict"]
-              for h in soft["headers"]]
-    assert [c["verdict"] for c in row["cells"]] == stored
+    stored = [_record(run, "soft", r["key"], r["key"] if r["key"] == "all" else r["group"])["verdict"]
+              for r in soft["rows"]]
+    assert [row["cells"][0]["verdict"] for row in soft["rows"]] == stored
     assert stored[:5] == ["attenuated", "attenuated", "unchanged", "inherited", "not detected"]
-    assert [c["verdict"] for c in hard["rows"][0]["cells"]] == ["inconclusive"] * 13
-    assert row["cells"][0]["delta"] == "\u0394 \u22125.3"
+    assert [row["cells"][0]["verdict"] for row in hard["rows"]] == ["inconclusive"] * 13
+    assert soft["rows"][0]["cells"][0]["delta"] == "\u0394 \u22125.3"
 
 
 def test_missing_values_say_missing_with_reason_never_zero(partial, view, html):
@@ -155,7 +156,7 @@ def test_missing_values_say_missing_with_reason_never_zero(partial, view, html):
     assert row["mcnemar"] == "not applicable" and row["kappa"] == "not applicable"
     assert "no scored items" in row["reason"]
     by_type = next(t for t in probe["breakdowns"] if t["caption"] == "pct_stereotype by bias_type")
-    assert by_type["models"] == ["teacher", "soft", "hard"]
+    assert by_type["models"] == ["smollm2-135m", "soft", "hard"]
     gender = next(r for r in by_type["rows"] if r["group"] == "gender")
     assert gender["values"] == ["80%", "79%", "missing"]
     summary = next(r for r in by_type["rows"] if r["group"] == "overall")
@@ -177,7 +178,8 @@ def test_html_is_self_contained_and_escapes_model_output(html):
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "&lt;a href=&#34;javascript:alert(1)&#34;&gt;x&lt;/a&gt;" in html
     assert "&lt;script&gt;document.title=&#39;pwned&#39;&lt;/script&gt;" in html
-    assert html.count("<svg") == 1 and html.count("<details>") >= 4 and "<details open" not in html
+    # one forest plot and one loss-curve sparkline per student
+    assert html.count("<svg") == 3 and html.count('<svg class="spark"') == 2 and html.count("<details>") >= 4 and "<details open" not in html
 
 
 def test_model_output_reaches_the_examples(partial, view):
@@ -357,3 +359,54 @@ def test_fixture_cards_have_the_keys_distill_writes(tmp_path, complete):
 def test_card_section_records_every_field_distill_writes(view):
     rows = view["cards"]["rows"]
     assert [r["label"] for r in rows if ["not recorded"] in r["cells"]] == []
+
+
+def test_teacher_by_name_and_one_sentence_headline(complete):
+    run, view = _view(complete)
+    assert view["teacher"] == "smollm2-135m"  # run.json calls it "teacher": its source names it
+    assert view["headline"] == ("Teacher smollm2-135m was compared with 2 students on 1 probe and 1 task: "
+                                "soft passes (attenuated overall), hard fails the gate (amplified overall).")
+    assert view["tasks"]["teacher"] == "smollm2-135m" and view["probes"][0]["teacher"] == "smollm2-135m"
+    assert [m[0] for m in view["method"]["models"]] == ["smollm2-135m", "soft", "hard"]
+
+
+def test_card_shows_only_what_the_technique_used(view):
+    from reports.sections import loss_svg, used_hyperparameters
+
+    rows = {r["label"]: r["cells"] for r in view["cards"]["rows"]}
+    soft, hard = ([line.split(":")[0] for line in c["lines"]] for c in rows["hyperparameters"])
+    assert {"divergence", "temperature", "alpha"} <= set(soft)
+    assert "hard_level" in hard and not {"divergence", "temperature", "alpha", "beta", "skew_lambda"} & set(hard)
+    assert "beta" not in soft and "skew_lambda" not in soft and "lam" not in soft  # forward_kl: no JSD β, no skew λ
+    assert rows["tokens seen"][0]["lines"] == ["28,672"]
+    assert "loss_curve" not in rows and all("[{" not in line for c in rows["loss curve"] for line in c["lines"])
+    assert rows["loss curve"][0]["lines"][0].startswith("60 logged steps: 7.15 at step 1")
+    assert used_hyperparameters("soft", {"divergence": "jsd", "beta": 0.3, "skew_lambda": 0.1})["beta"] == 0.3
+    svg = loss_svg([{"step": i, "loss": 5.0 - i / 10} for i in range(1, 11)])
+    assert svg.startswith('<svg class="spark"') and "<polyline" in svg and "<script" not in svg
+    assert loss_svg([{"step": 1, "loss": 2.0}]) == ""
+
+
+def test_method_reads_as_prose(html, view):
+    method = html[html.index('id="method"'):]
+    text = re.sub(r"<[^>]+>", " ", method)
+    assert ".." not in text.replace("...", "")
+    keys = [k for k, _ in view["method"]["settings"] + view["method"]["provenance"]]
+    assert keys.count("seed") == 1, keys
+
+
+def test_csv_one_row_per_comparison(tmp_path, complete, capsys):
+    import csv
+
+    assert _cli("report", str(complete), "--format", "csv", "--out", str(tmp_path)) == 0
+    run, _ = load_run(complete)
+    with open(tmp_path / "comparisons.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len([c for c in run["comparisons"] if c.get("kind", "bias") == "bias"])
+    assert list(rows[0]) == ["student", "probe", "metric", "group_key", "group", "n", "teacher_bias", "teacher_ci_low",
+                             "teacher_ci_high", "student_bias", "student_ci_low", "student_ci_high", "delta",
+                             "delta_ci_low", "delta_ci_high", "delta_ci_level", "p_adj", "verdict", "reason"]
+    overall = next(r for r in rows if r["student"] == "hard" and r["group_key"] == "all")
+    stored = _record(run, "hard", "all", "all")
+    assert overall["verdict"] == "amplified" and float(overall["delta"]) == stored["delta"]["value"]
+    assert float(overall["delta_ci_level"]) == stored["delta"]["level"] and "," in overall["reason"]
