@@ -6,7 +6,10 @@ dialog, the SVG chart has a non-zero size, the XSS payloads of the fixture run (
 run of tests/fixtures/make_run.py, written by the real audit code) show as text
 and nothing runs (document.title unchanged, no script/handler/javascript: link in the DOM),
 no horizontal scrolling of the page at 200% zoom (640 CSS px), and it prints to PDF.
-A screenshot of the first screen is saved for a person to look at (BEQUEATH_SCREENSHOT_DIR).
+The verdict matrix and the evidence table fit a 1280x800 window (also with 25 groups), evidence rows
+stay one to three lines tall, and 1280x800 screenshots of the top, the matrix, the evidence and the
+distillation cards are saved for a person (and CI) to look at in $BEQUEATH_ARTEFACTS (default: the
+test's tmp folder).
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def page(tmp_path_factory, audit_runs):
         for domain in ("Page", "Runtime", "Log", "Network"):
             browser.send(f"{domain}.enable", session=session)
         browser.send("Emulation.setDeviceMetricsOverride",
-                     {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=session)
+                     {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}, session=session)
         url = (out / "report.html").as_uri()
         browser.events.clear()
         browser.send("Page.navigate", {"url": url}, session=session)
@@ -184,16 +187,81 @@ def test_charts_have_size_and_first_screen_answers(page):
     sizes = _eval(browser, session, "[...document.querySelectorAll('figure svg')]"
                                     ".map(s => {const r = s.getBoundingClientRect(); return [r.width, r.height];})")
     assert len(sizes) == 1 and all(w > 200 and h > 50 for w, h in sizes), sizes
-    # the first screen (1280x900) shows each student's gate status and its findings
+    # the first screen (1280x800) shows the headline and each student's gate status
     first = _eval(browser, session, "[...document.querySelectorAll('.student')]"
                                     ".map(e => [e.getBoundingClientRect().top, e.querySelector('.status').textContent])")
-    assert [s for _, s in first] == ["gate ERROR", "gate ERROR"] and all(top < 900 for top, _ in first)
-    shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
-    png = base64.b64decode(shot)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    target = Path(os.environ.get("BEQUEATH_SCREENSHOT_DIR", out))
+    assert [s for _, s in first] == ["gate ERROR", "gate ERROR"] and all(top < 800 for top, _ in first)
+    assert _eval(browser, session, "document.querySelector('.lead').textContent").startswith("Teacher smollm2-135m was compared")
+
+
+def _artefacts(default: Path) -> Path:
+    target = Path(os.environ.get("BEQUEATH_ARTEFACTS") or default)
     target.mkdir(parents=True, exist_ok=True)
-    (target / "report_first_screen.png").write_bytes(png)
+    return target
+
+
+def test_screenshots_at_1280x800(page):
+    browser, session, _, out = page
+    target = _artefacts(out)
+    for name, selector in (("top", "#top"), ("matrix", "#matrix"), ("evidence", ".scroll.evidence"), ("cards", "#cards")):
+        _eval(browser, session, f"document.querySelector({selector!r}).scrollIntoView(); window.scrollY")
+        png = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+        (target / f"report_1280x800_{name}.png").write_bytes(png)
+    _eval(browser, session, "window.scrollTo(0, 0); 0")
+    assert sorted(p.name for p in target.glob("report_1280x800_*.png")) == [
+        f"report_1280x800_{n}.png" for n in ("cards", "evidence", "matrix", "top")]
+
+
+FIT = """[...document.querySelectorAll(%r)].map(e => [e.scrollWidth, e.clientWidth])"""
+
+
+def test_matrix_and_evidence_fit_1280_and_rows_stay_short(page):
+    browser, session, _, _ = page
+    matrix = _eval(browser, session, FIT % "#matrix .scroll")
+    evidence = _eval(browser, session, FIT % ".scroll.evidence")
+    assert len(matrix) == 2 and all(sw <= cw for sw, cw in matrix), matrix
+    assert evidence and all(sw <= cw for sw, cw in evidence), evidence
+    heights, line = _eval(browser, session, "[[...document.querySelectorAll('table.evidence tbody tr')]"
+                                            ".map(r => r.getBoundingClientRect().height),"
+                                            " parseFloat(getComputedStyle(document.querySelector('table.evidence td')).lineHeight)]")
+    assert heights and max(heights) <= 3 * line + 12, (max(heights), line)  # 3 lines + padding and border
+    assert _eval(browser, session, "document.querySelectorAll('table.evidence details.why[open]').length") == 0
+
+
+def test_matrix_with_25_groups_fits_1280(page, tmp_path, audit_runs):
+    """A synthetic view: the fixture run's view model with a matrix of 25 groups, built directly."""
+    import copy
+
+    from audit.gate import Policy, evaluate, load_run
+    from reports.build import _matrix, build
+    from reports.render import html
+
+    browser, _, _, _ = page
+    run, items = load_run(audit_runs["partial"])
+    view = build(run, items, evaluate(run, Policy()), figures=False)
+    base = [c for c in run["comparisons"] if c["group_key"] == "all"]
+    wide = copy.deepcopy(run)
+    wide["comparisons"] = base + [dict(copy.deepcopy(c), group_key="subgroup", group=f"a rather long group name {i:02d}")
+                                  for i in range(24) for c in base]
+    view["matrix"] = _matrix(wide, view["students"])
+    assert all(len(p["rows"]) == 25 for p in view["matrix"])
+    (tmp_path / "wide.html").write_text(html(view), encoding="utf-8")
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    try:
+        browser.send("Page.enable", session=session)
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}, session=session)
+        browser.send("Page.navigate", {"url": (tmp_path / "wide.html").as_uri()}, session=session)
+        time.sleep(1.0)
+        matrix = _eval(browser, session, FIT % "#matrix .scroll")
+        assert len(matrix) == 2 and all(sw <= cw for sw, cw in matrix), matrix
+        _eval(browser, session, "document.querySelector('#matrix').scrollIntoView(); 0")
+        png = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"])
+        (_artefacts(tmp_path) / "report_1280x800_matrix_25_groups.png").write_bytes(png)
+    finally:
+        browser.send("Target.closeTarget", {"targetId": target})
 
 
 def test_readable_at_200_percent_zoom_and_prints(page):
