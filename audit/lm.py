@@ -8,6 +8,7 @@ numbers are exactly lm-eval's for the same (context, continuation).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,9 +30,44 @@ class ItemResult:
     invalid: str | None = None
 
 
+# lm-eval warns on every HFLM built over a loaded model (we always pass one, on purpose); a run wraps
+# each model once or more, so these two lines are said once per process, not once per wrap.
+_HFLM_LOGGER = "lm_eval.models.huggingface"
+_ONCE_PREFIXES = ("`pretrained` model kwarg is not of type `str`",
+                  "Passed an already-initialized model through `pretrained`")
+
+
+class _OncePerProcess(logging.Filter):
+    """Lets each of ``_ONCE_PREFIXES`` through the first time only; every other record passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        for prefix in _ONCE_PREFIXES:
+            if msg.startswith(prefix):
+                if prefix in self.seen:
+                    return False
+                self.seen.add(prefix)
+        return True
+
+
+_ONCE = _OncePerProcess()
+
+
+def _say_hflm_warnings_once() -> None:
+    logger = logging.getLogger(_HFLM_LOGGER)
+    if _ONCE not in logger.filters:
+        logger.addFilter(_ONCE)
+
+
 def make_lm(loaded: Any, *, backend: str = "engine", batch_size: int = 32, max_length: int | None = None):
     """An lm-eval LM over an already loaded model (``audit.models.LoadedModel``)."""
     import torch
+
+    _say_hflm_warnings_once()
 
     kw: dict[str, Any] = dict(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
                               device="cpu" if not torch.cuda.is_available() else "cuda")

@@ -185,3 +185,40 @@ def test_spec_validation_uses_the_registry():
     msg = str(exc.value)
     assert "probes: Unknown probe 'crows_pair'. Did you mean: crows_pairs?" in msg
     assert "tasks: Unknown task 'bundled_q'. Did you mean: bundled_qa?" in msg
+
+
+# ---------------------------------------------------------------- lm-eval's per-wrap warnings, once
+
+
+def test_lm_eval_wrap_warnings_appear_at_most_once(tiny):
+    """lm-eval's HFLM warns twice on every model it wraps; over several wraps (both backends) each
+    warning is logged once per process, and lm-eval's other messages still pass."""
+    import logging
+
+    import audit.lm as lm
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = logging.getLogger("lm_eval.models.huggingface")
+    handler = Keep(level=logging.DEBUG)
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    lm._ONCE.seen.clear()  # as in a fresh process (an earlier test may already have said them)
+    try:
+        for backend in ("hflm", "engine", "hflm"):
+            lm.make_lm(tiny, backend=backend, batch_size=2)
+        logger.warning("some other lm-eval warning")
+        logger.warning("some other lm-eval warning")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    messages = [r.getMessage() for r in records]
+    for prefix in lm._ONCE_PREFIXES:
+        assert sum(m.startswith(prefix) for m in messages) == 1, (prefix, messages)
+    assert messages.count("some other lm-eval warning") == 2
+    assert logger.filters.count(lm._ONCE) == 1  # installed once, however many wraps
