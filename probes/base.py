@@ -16,6 +16,7 @@ in the probe's format, so the same reader validates it and names file, line and 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -472,9 +473,25 @@ class RowErrors:
         return len(self.problems), tuple(self.problems)
 
 
+def read_text(path: str | Path) -> str:
+    """A data file's text; a file that is not UTF-8 is a ProbeDataError naming it and the byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ProbeDataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason}). "
+                             "Save the file as UTF-8, or pass the original dataset file.") from exc
+
+
+def open_text(path: str | Path) -> io.StringIO:
+    """``read_text`` as a file object (newlines kept as in the file, as csv wants)."""
+    return io.StringIO(read_text(path), newline="")
+
+
 def jsonl_rows(path: Path, errors: RowErrors) -> Iterator[tuple[int, Any]]:
     """(line number, parsed row) for each non-blank line; bad JSON goes to ``errors``."""
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue

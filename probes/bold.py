@@ -33,6 +33,7 @@ from probes.base import (
     as_path,
     data_file,
     is_hub_ref,
+    read_text,
     share,
     verify_file,
 )
@@ -221,7 +222,7 @@ def _read_domain(path: Path, domain: str, code: int, errors: RowErrors) -> tuple
     (the files are single-line JSON).
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except ValueError as exc:
         raise ProbeError(f"{path}: not valid JSON ({exc}); restore the original BOLD file") from exc
     if not isinstance(data, dict):

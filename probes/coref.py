@@ -35,6 +35,8 @@ from probes.base import (
     as_path,
     data_file,
     is_hub_ref,
+    open_text,
+    read_text,
     share,
     verify_file,
 )
@@ -199,8 +201,7 @@ WINOBIAS_HUB = HubAdapter(
 
 
 def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as fh:
-        return fh.read().splitlines()
+    return read_text(path).splitlines()
 
 
 class WinoBiasProbe:
@@ -361,7 +362,7 @@ def winogender_stereotyped(gender: str, pct_female: float) -> int | None:
 
 
 def _tsv(path: Path) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open_text(path) as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 

@@ -32,6 +32,7 @@ from probes.base import (
     ProbeItem,
     RowErrors,
     data_file,
+    open_text,
     share,
 )
 from probes.bundled import pair_columns, pct_stereotype_metric
@@ -140,7 +141,7 @@ def read_pairs(src: Path, *, allow_skip: bool) -> tuple[list[ProbeItem], RowErro
     errors = RowErrors(allow_skip=allow_skip)
     items: list[ProbeItem] = []
     seen: set[str] = set()
-    with open(src, encoding="utf-8", newline="") as fh:
+    with open_text(src) as fh:
         reader = csv.DictReader(fh)
         need = {"sent_more", "sent_less", "stereo_antistereo", "bias_type"}
         missing = need - set(reader.fieldnames or ())

@@ -45,6 +45,7 @@ from probes.base import (
     data_file,
     is_hub_ref,
     jsonl_rows,
+    read_text,
     verify_file,
 )
 
@@ -166,7 +167,7 @@ def article_for(entry: Mapping[str, str]) -> str:
 
 def read_descriptors(path: Path, errors: RowErrors) -> dict[str, list[dict]]:
     """axis -> [{descriptor, bucket, gender?, article?, code}] in file order; bad entries to ``errors``."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = json.loads(read_text(path))
     if not isinstance(raw, dict):
         raise ProbeError(f"{path}: expected a JSON object {{axis: {{bucket: [...]}}}}, got {type(raw).__name__}")
     out: dict[str, list[dict]] = {}
@@ -382,7 +383,7 @@ class HolisticBiasProbe:
             root = self._root(data_dir)
             files = {str(root / n): verify_file(root / n, self.hashes.get(n)) for n in SHA256["v1.0"]}
             descriptors = read_descriptors(root / "descriptors.json", errors)
-            templates = list(json.loads((root / "sentence_templates.json").read_text(encoding="utf-8")))
+            templates = list(json.loads(read_text(root / "sentence_templates.json")))
             rows, source = local_rows(descriptors, templates, self._nouns(root / "nouns.json")), str(root)
         try:
             items = build_items(rows, self.nouns, axes=self.axes, per_axis=self.per_axis,
@@ -401,7 +402,7 @@ class HolisticBiasProbe:
         return Path(data_dir) / "holisticbias" / self.version
 
     def _nouns(self, path: Path) -> list[tuple[str, str, str]]:
-        table = {s: (s, p, g) for g, pairs in json.loads(path.read_text(encoding="utf-8")).items()
+        table = {s: (s, p, g) for g, pairs in json.loads(read_text(path)).items()
                  for s, p in pairs}
         missing = [n for n in self.nouns if n not in table]
         if missing or not self.nouns:

@@ -153,3 +153,16 @@ def test_scores_deterministic_and_metrics_from_columns(name, loaded_probes, lm_p
                 idx = [j for i, j in by_id.items() if items[i].groups[key] == g]
                 sub = m.compute({k: v[idx] for k, v in cols.items()})
                 assert isinstance(sub, float) and not math.isinf(sub)
+
+
+@pytest.mark.parametrize("name, suffix", [("bundled", ".jsonl"), ("crows_pairs", ".csv"), ("bbq", ".jsonl"),
+                                          ("stereoset", ".jsonl")])
+def test_a_data_file_that_is_not_utf8_is_named_with_its_line(tmp_path, name, suffix):
+    from probes.base import ProbeDataError
+    from probes.registry import get_probe
+
+    bad = tmp_path / f"data{suffix}"
+    bad.write_bytes(b'{"ok": 1}\n\xff\xfe not text\n')
+    with pytest.raises(ProbeDataError) as err:
+        get_probe(name, path=str(bad)).load(None)
+    assert f"{bad}:2: not UTF-8 text" in str(err.value)
