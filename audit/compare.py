@@ -54,8 +54,8 @@ class Settings:
         problems = []
         if not 0 < self.alpha < 0.5:
             problems.append(f"alpha: expected 0 < alpha < 0.5, got {self.alpha}")
-        if not self.tolerance > 0:
-            problems.append(f"tolerance: expected > 0 points, got {self.tolerance}")
+        if not (self.tolerance > 0 and math.isfinite(self.tolerance)):
+            problems.append(f"tolerance: expected a finite number > 0 points, got {self.tolerance}")
         if not self.n_boot >= 100:
             problems.append(f"n_boot: expected at least 100 bootstrap draws, got {self.n_boot}")
         if not self.n_perm >= 999:

@@ -23,9 +23,37 @@ class RunDirError(BequeathError):
     """An output directory already holds a different run."""
 
 
-def did_you_mean(name: str, known) -> str:
+def did_you_mean(name: object, known) -> str:
     """' Did you mean: x?' for the closest known name, or ''."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.5)
     return f" Did you mean: {close[0]}?" if close else ""
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """repr(value) for an error message, at most ``limit`` characters (then '...'): a few bytes of nested
+    YAML aliases expand to megabytes, and a recursive alias has no end. Depth and length are bounded
+    before anything is built."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 4, 8, 8, 8, 8
+    r.maxstring, r.maxother, r.maxlong = limit, limit, limit
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails: name its type
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def yaml_location(exc: BaseException, text: str) -> str:
+    """' line N' (1-based) of a YAML error: its problem mark, or for a reader error (a control
+    character) the line of its character position; '' when neither is known."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        return f" line {mark.line + 1}"
+    position = getattr(exc, "position", None)
+    if isinstance(position, int):
+        return f" line {text.count(chr(10), 0, position) + 1}"
+    return ""

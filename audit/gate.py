@@ -52,22 +52,31 @@ class Policy:
     def from_file(cls, path: str | Path) -> Policy:
         import yaml
 
+        from audit.errors import yaml_location
+
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"{path}: policy file not found. Pass an existing YAML file to --policy.")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Save the policy as UTF-8.") from exc
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise SpecError(f"{path}: not valid YAML ({exc}). Fix the syntax and retry.") from exc
-        return cls.from_dict(data or {}, source=str(path))
+            raise SpecError(f"{path}{yaml_location(exc, text)}: not valid YAML ({exc}). Fix the syntax and retry.") from exc
+        except RecursionError as exc:
+            raise SpecError(f"{path}: YAML nested too deeply to read. Simplify the policy.") from exc
+        # only an empty file (or a bare null) is the default policy; false, 0, '' or [] are refused
+        return cls.from_dict({} if data is None else data, source=str(path))
 
     @classmethod
     def from_dict(cls, d: Any, *, source: str = "<policy>") -> Policy:
         """Validate every key at once; one SpecError lists every problem."""
+        from audit.errors import shown
+
         if not isinstance(d, dict):
-            raise SpecError(f"{source}: expected a mapping of policy keys, got {type(d).__name__}.")
+            raise SpecError(f"{source}: expected a mapping of policy keys, got {type(d).__name__} {shown(d)}.")
         known = [f.name for f in fields(cls) if f.name != "source"]
         errors: list[str] = []
         kwargs: dict[str, Any] = {}
@@ -94,31 +103,36 @@ def _names(value: Any) -> tuple[str, ...] | None:
 
 
 def _parse_field(key: str, value: Any) -> tuple[str | None, Any]:
-    """(problem, parsed value) for one policy key."""
+    """(problem, parsed value) for one policy key. ``null`` for tolerance, alpha, min_items,
+    min_task_retention or required_probes means "not set" (the run's own setting / every probe)."""
+    from audit.errors import shown
+
+    if value is None and key in ("tolerance", "alpha", "min_items", "min_task_retention", "required_probes"):
+        return None, None
     if key == "fail_verdicts":
         names = _names(value)
         if names is None:
-            return f"expected a list of verdicts, got {value!r}", None
+            return f"expected a list of verdicts, got {shown(value)}", None
         bad = [v for v in names if v not in VERDICTS]
         if bad:
-            hints = "".join(f" '{b}' is not a verdict.{did_you_mean(b, VERDICTS)}" for b in bad)
+            hints = "".join(f" {shown(b)} is not a verdict.{did_you_mean(b, VERDICTS)}" for b in bad)
             return f"{hints.strip()} Known: {', '.join(VERDICTS)}", None
         return None, names
     if key == "require_groups":
         if not isinstance(value, bool):
-            return f"expected true or false, got {value!r}", None
+            return f"expected true or false, got {shown(value)}", None
         return None, value
     if key in ("required_probes", "required_tasks"):
         names = _names(value) if value != [] else ()
-        return (None, names) if names is not None else (f"expected a list of names, got {value!r}", None)
+        return (None, names) if names is not None else (f"expected a list of names, got {shown(value)}", None)
     if key == "min_items":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return f"expected a whole number >= 1, got {value!r}", None
+            return f"expected a whole number >= 1, got {shown(value)}", None
         return None, value
     limits = {"tolerance": (0.0, math.inf), "alpha": (0.0, 1.0), "min_task_retention": (0.0, math.inf)}
     lo, hi = limits[key]
     if isinstance(value, bool) or not isinstance(value, int | float) or not (lo < value < hi or (key == "tolerance" and value == 0)):
-        return f"expected a number in ({lo}, {hi}), got {value!r}", None
+        return f"expected a number in ({lo}, {hi}), got {shown(value)}", None
     return None, float(value)
 
 

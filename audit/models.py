@@ -52,26 +52,50 @@ class ModelRef:
 
     @classmethod
     def parse(cls, value: str | dict[str, Any], *, default_name: str | None = None) -> ModelRef:
-        """A model from a spec: a string (path, hub id or alias) or a mapping."""
+        """A model from a spec: a string (path, hub id or alias) or a mapping. Strict types: name, path
+        and revision are non-empty text, trust_remote_code is true or false (never coerced: 'no' is not
+        false), and the name (given, or the path's last part) is not empty."""
+        from audit.errors import shown
+
         if isinstance(value, str):
+            if not value:
+                raise ModelError("A model must be a non-empty path, hub id or alias, got ''.")
             name = default_name or (Path(value).name if os.sep in value else value)
+            if not name:
+                raise ModelError(f"Cannot name the model at {shown(value)} from its path; "
+                                 "give it as a mapping with 'name:' and 'path:'.")
             return cls(name=name, path=value)
         if isinstance(value, dict):
             known = {"name", "path", "revision", "dtype", "trust_remote_code"}
-            unknown = set(value) - known
+            unknown = [k for k in value if k not in known]
             if unknown:
                 raise ModelError(
-                    f"Unknown model field(s) {sorted(unknown)}; expected some of {sorted(known)}."
+                    f"Unknown model field(s) {shown(sorted(map(str, unknown)))}; expected some of {sorted(known)}."
                 )
+            problems = []
+            for key in ("name", "path", "revision"):
+                v = value.get(key)
+                if v is not None and not (isinstance(v, str) and v):
+                    problems.append(f"'{key}' must be non-empty text, got {shown(v)}")
+            if "dtype" in value and not isinstance(value["dtype"], str):
+                problems.append(f"'dtype' must be one of {', '.join(_DTYPES)}, got {shown(value['dtype'])}")
+            trust = value.get("trust_remote_code", False)
+            if not isinstance(trust, bool):
+                problems.append(f"'trust_remote_code' must be true or false, got {shown(trust)}")
+            if problems:
+                raise ModelError("; ".join(problems) + ".")
             src = value.get("path") or value.get("name")
             if not src:
                 raise ModelError("A model needs 'path' (directory, hub id or alias) or 'name'.")
+            name = value.get("name") or default_name or Path(src).name
+            if not name:
+                raise ModelError(f"Cannot name the model at {shown(src)} from its path; give it a 'name:'.")
             return cls(
-                name=value.get("name") or default_name or Path(str(src)).name,
+                name=name,
                 path=value.get("path"),
                 revision=value.get("revision"),
                 dtype=value.get("dtype", "float32"),
-                trust_remote_code=bool(value.get("trust_remote_code", False)),
+                trust_remote_code=trust,
             )
         raise ModelError(f"A model must be a string or a mapping, got {type(value).__name__}.")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from audit.errors import SpecError, did_you_mean
+from audit.errors import SpecError, did_you_mean, shown, yaml_location
 from audit.models import ModelRef
 
 
@@ -64,13 +65,18 @@ class AuditSpec:
         except UnicodeDecodeError as exc:
             raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Save the spec as UTF-8.") from exc
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise SpecError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)}). Fix the syntax.") from exc
+            where = yaml_location(exc, text)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise SpecError(f"{path}{where}: not valid YAML ({problem}). Fix the syntax.") from exc
+        except RecursionError as exc:
+            raise SpecError(f"{path}: YAML nested too deeply to read. Simplify the spec.") from exc
+        if raw is None:  # an empty file (or a bare null): every field's default
+            raw = {}
         if not isinstance(raw, dict):
-            raise SpecError(f"{path}: the top level must be a mapping of fields (teacher:, students:, ...).")
+            raise SpecError(f"{path}: the top level must be a mapping of fields (teacher:, students:, ...), "
+                            f"got {type(raw).__name__} {shown(raw)}.")
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(raw, source=str(path))
 
@@ -80,7 +86,7 @@ class AuditSpec:
         errors: list[str] = []
         for key in raw:
             if key not in known:
-                errors.append(f"unknown field '{key}'.{did_you_mean(key, known)}")
+                errors.append(f"unknown field '{key}'.{did_you_mean(key, known)}")  # a key: bounded by the file
         kw: dict[str, Any] = {}
         try:
             kw["teacher"] = ModelRef.parse(raw.get("teacher", "smollm2-135m"), default_name="teacher")
@@ -88,9 +94,11 @@ class AuditSpec:
             errors.append(f"teacher: {exc}")
         except Exception as exc:
             errors.append(f"teacher: {exc}")
-        students = raw.get("students") or []
+        students = raw.get("students")
+        if students is None:
+            students = []
         if not isinstance(students, list):
-            errors.append("students: expected a list of model directories or mappings")
+            errors.append(f"students: expected a list of model directories or mappings, got {shown(students)}")
             students = []
         parsed = []
         for i, s in enumerate(students):
@@ -101,7 +109,7 @@ class AuditSpec:
         names = [p.name for p in parsed] + ([kw["teacher"].name] if "teacher" in kw else [])
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            errors.append(f"students: model names must be unique, got {dupes} twice; give each a 'name'")
+            errors.append(f"students: model names must be unique, got {shown(dupes)} twice; give each a 'name'")
         kw["students"] = tuple(parsed)
         kw["probes"] = tuple(_probe_specs(raw.get("probes", ["bundled"]), errors))
         tasks = raw.get("tasks", ["bundled_qa"])
@@ -110,8 +118,10 @@ class AuditSpec:
         if tasks is None:
             tasks = []
         if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
-            errors.append(f"tasks: expected a list of task names, got {tasks!r}")
+            errors.append(f"tasks: expected a list of task names, got {shown(tasks)}")
             tasks = []
+        if dupes := sorted({t for t in tasks if tasks.count(t) > 1}):
+            errors.append(f"tasks: each task once, got {shown(dupes)} more than once")
         kw["tasks"] = tuple(tasks)
         # strict types: a count is a whole number (true/1.5/"3" are refused), a rate a number
         for name, lo in (("task_limit", 1), ("seed", 0), ("n_boot", 1), ("min_items", 1), ("min_clusters", 1),
@@ -119,26 +129,28 @@ class AuditSpec:
             if raw.get(name) is not None:
                 v = raw[name]
                 if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                    errors.append(f"{name}: expected a whole number >= {lo}, got {v!r}")
+                    errors.append(f"{name}: expected a whole number >= {lo}, got {shown(v)}")
                 else:
                     kw[name] = v
         for name in ("alpha", "tolerance"):
             if raw.get(name) is not None:
                 v = raw[name]
                 if isinstance(v, bool) or not isinstance(v, int | float):
-                    errors.append(f"{name}: expected a number, got {v!r}")
+                    errors.append(f"{name}: expected a number, got {shown(v)}")
+                elif isinstance(v, float) and not math.isfinite(v):
+                    errors.append(f"{name}: expected a finite number, got {v!r}")
                 else:
                     kw[name] = float(v)
         for name in ("data_dir", "out", "cache", "correction", "backend"):
             if raw.get(name) is not None:
                 if not isinstance(raw[name], str) or not raw[name]:
-                    errors.append(f"{name}: expected a non-empty text value, got {raw[name]!r}")
+                    errors.append(f"{name}: expected a non-empty text value, got {shown(raw[name])}")
                 else:
                     kw[name] = raw[name]
         for name in ("allow_skip", "until_decided"):
             if name in raw:
                 if not isinstance(raw[name], bool):
-                    errors.append(f"{name}: expected true or false, got {raw[name]!r}")
+                    errors.append(f"{name}: expected true or false, got {shown(raw[name])}")
                 else:
                     kw[name] = raw[name]
         if kw.get("until_decided") and not kw.get("max_items"):
@@ -150,7 +162,7 @@ class AuditSpec:
         except SpecError as exc:
             errors += [line.strip() for line in str(exc).splitlines()[1:-1]]
         if kw.get("backend", "engine") not in ("engine", "hflm"):
-            errors.append(f"backend: expected 'engine' or 'hflm', got {kw['backend']!r}")
+            errors.append(f"backend: expected 'engine' or 'hflm', got {shown(kw['backend'])}")
         _check_names(kw, errors)
         if errors:
             raise SpecError(f"{source}: {len(errors)} problem(s) in the audit spec:\n  - " + "\n  - ".join(errors))
@@ -171,7 +183,7 @@ def _probe_specs(raw: Any, errors: list[str]) -> list[ProbeSpec]:
     if isinstance(raw, str):
         raw = [p.strip() for p in raw.split(",") if p.strip()]
     if not isinstance(raw, list):
-        errors.append("probes: expected a list of probe names or mappings {name:, limit:, ...}")
+        errors.append(f"probes: expected a list of probe names or mappings {{name:, limit:, ...}}, got {shown(raw)}")
         return []
     out = []
     for i, p in enumerate(raw):
@@ -181,12 +193,61 @@ def _probe_specs(raw: Any, errors: list[str]) -> list[ProbeSpec]:
             opts = {k: v for k, v in p.items() if k not in ("name", "limit")}
             limit = p.get("limit")
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-                errors.append(f"probes[{i}].limit: expected a positive integer, got {limit!r}")
+                errors.append(f"probes[{i}].limit: expected a positive integer, got {shown(limit)}")
                 limit = None
+            if problems := _option_problems(p["name"], opts):
+                errors += [f"probes[{i}]: {problem}" for problem in problems]
             out.append(ProbeSpec(name=p["name"], limit=limit, options=opts))
         else:
-            errors.append(f"probes[{i}]: expected a name or a mapping with 'name', got {p!r}")
+            errors.append(f"probes[{i}]: expected a name or a mapping with 'name', got {shown(p)}")
+    names = [p.name for p in out]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        errors.append(f"probes: each probe once, got {shown(dupes)} more than once (their comparisons would "
+                      "share one key in run.json)")
     return out
+
+
+_PATH_OPTIONS = ("path", "data_dir", "stats")  # probe options that are file or directory paths
+
+
+def _option_problems(name: str, opts: dict[Any, Any]) -> list[str]:
+    """What is wrong with a probe entry's options, checked now rather than when the audit reaches the
+    probe: unknown options, paths that are not text, values that cannot be recorded in run.json
+    (a recursive YAML alias), and whatever the probe's constructor refuses (constructing reads no data)."""
+    from audit.registry import available
+
+    if name not in available("probes"):
+        return []  # reported by _check_names
+    problems = []
+    for key, value in opts.items():
+        if not isinstance(key, str):
+            problems.append(f"unknown option '{key}' for probe '{name}'")
+        elif key in _PATH_OPTIONS and value is not None and not (isinstance(value, str) and value):
+            problems.append(f"option '{key}' of probe '{name}': expected a non-empty path, got {shown(value)}")
+        else:
+            try:
+                json.dumps(value, default=str)
+            except (ValueError, RecursionError):
+                problems.append(f"option '{key}' of probe '{name}': recursive value (a YAML alias that "
+                                "contains itself)")
+    if problems:
+        return problems
+    import inspect
+
+    from probes.registry import get_probe
+
+    try:
+        get_probe(name, **opts)
+    except Exception as exc:  # noqa: BLE001 - any refusal of the options is the spec's problem
+        cause = exc.__cause__ if isinstance(exc.__cause__, TypeError) else exc
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            factory = type(get_probe(name)).__init__
+            params = [p for p in inspect.signature(factory).parameters if p != "self"]
+            bad = [k for k in opts if k not in params]
+            return [f"unknown option '{k}' for probe '{name}'.{did_you_mean(k, params)} "
+                    f"Options: {', '.join(params) or '(none)'}" for k in bad]
+        return [f"options of probe '{name}' refused: {str(exc)[:200]}"]
+    return []
 
 
 def _check_names(kw: dict[str, Any], errors: list[str]) -> None:
