@@ -22,6 +22,7 @@ of the whole audit together, prints each Δ interval at the level that decided i
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -484,40 +485,90 @@ def probe_comparisons(*, name: str, probe, items: Sequence[ItemInfo], cols: Mapp
                          settings=settings, ability=ability_of(probe))
 
 
+def probe_description(probe) -> dict:
+    """What run.json records of a probe's definition: version, kind, card, group keys, metrics."""
+    from dataclasses import asdict
+
+    metrics = [{"name": m.name, "description": m.description, "neutral": m.neutral, "scale": m.scale,
+                "kind": m.kind, "binary": m.binary, "margin": m.margin, "min_items": m.min_items}
+               for m in probe.metrics]
+    return {"version": probe.version, "kind": probe.kind, "card": json.loads(json.dumps(asdict(probe.card), default=list)),
+            "group_keys": list(probe.group_keys), "metrics": metrics}
+
+
+def probe_counts(probe, items: Sequence[ItemInfo], rows: Mapping[str, Sequence[Mapping]]) -> dict:
+    """Per model: items scored and invalid, and the fairlearn breakdown of every metric by every group key."""
+    models, out = {}, {}
+    for m, mine in rows.items():
+        cols = columns_from_rows(mine)
+        models[m] = {"n_scored": len(cols), "n_invalid": sum(1 for r in mine if r.get("invalid"))}
+        if cols:
+            out[m] = {met.name: {k: breakdown(metric=met, items=items, columns=cols, group_key=k)
+                                 for k in probe.group_keys} for met in probe.metrics}
+    return {"models": models, "breakdown": out}
+
+
 def settings_from_run(stored: Mapping) -> Settings:
     """The Settings a stored run's ``settings`` block records."""
     keys = ("alpha", "tolerance", "n_boot", "n_perm", "correction", "min_items", "min_clusters", "seed")
     return Settings(**{k: stored[k] for k in keys}, looks=tuple(stored.get("looks") or ()))
 
 
-def recompute(run: Mapping, rows: Sequence[Mapping]) -> tuple[list[dict], dict[str, dict]]:
-    """Every comparison record and task figure of a stored run, recomputed from its items.jsonl rows
-    with the run's own settings (what the gate checks run.json against)."""
+def recompute(run: Mapping, rows: Sequence[Mapping]) -> dict:
+    """What a stored run's statistics must be, recomputed from its items.jsonl rows with the run's own
+    settings and the registered probes (what the gate checks run.json against): the comparison records,
+    each task's figures, each probe's definition, counts and breakdowns, and ``problems`` with the rows
+    themselves (duplicates, rows of nothing in the run, one item with two different groups)."""
     from probes.registry import get_probe
 
     settings = settings_from_run(run["settings"])
     teacher = next(m["name"] for m in run["models"] if m["role"] == "teacher")
     students = [m["name"] for m in run["models"] if m["role"] == "student" and m.get("content_hash")]
+    loaded = [m["name"] for m in run["models"] if m.get("content_hash")]
     options = {p["name"]: p.get("options") or {} for p in (run.get("spec") or {}).get("probes") or []
                if isinstance(p, dict)}
-    comparisons = []
+    probe_names = [d["probe"] for d in run["probes"]]
+    task_names = [d["task"] for d in run.get("tasks") or []]
+    problems, seen, meta = [], set(), {}
+    for n, r in enumerate(rows, 1):
+        where = r.get("probe") if r.get("probe") is not None else r.get("task")
+        kind = "probe" if r.get("probe") is not None else "task"
+        key = (r.get("model"), kind, where, r.get("item"))
+        if key in seen:
+            problems.append(f"items.jsonl:{n}: a second row for {key[0]}/{where}/{key[3]}")
+        seen.add(key)
+        if r.get("model") not in loaded or where not in (probe_names if kind == "probe" else task_names):
+            problems.append(f"items.jsonl:{n}: a row for {r.get('model')}/{where}, which this run does not hold")
+        if kind == "probe":
+            info = (json.dumps(r.get("groups"), sort_keys=True), str(r.get("cluster")))
+            if meta.setdefault((where, r.get("item")), info) != info:
+                problems.append(f"items.jsonl:{n}: item {r.get('item')} of {where} has other groups or cluster "
+                                "than in an earlier row")
+    comparisons, probes = [], {}
     for doc in run["probes"]:
+        probe = get_probe(doc["probe"], **options.get(doc["probe"], {}))
         mine = [r for r in rows if r.get("probe") == doc["probe"]]
         items = {r["item"]: ItemInfo(id=r["item"], groups=dict(r.get("groups") or {}), cluster=str(r.get("cluster")))
                  for r in mine}
-        cols = {m: columns_from_rows([r for r in mine if r["model"] == m]) for m in [teacher, *students]}
-        comparisons += probe_comparisons(name=doc["probe"], probe=get_probe(doc["probe"], **options.get(doc["probe"], {})),
-                                         items=list(items.values()), cols=cols, teacher=teacher, students=students,
-                                         settings=settings)
+        per_model = {m: [r for r in mine if r["model"] == m] for m in loaded}
+        cols = {m: columns_from_rows(per_model[m]) for m in loaded}
+        probes[doc["probe"]] = {**probe_description(probe), **probe_counts(probe, list(items.values()), per_model)}
+        comparisons += probe_comparisons(name=doc["probe"], probe=probe, items=list(items.values()), cols=cols,
+                                         teacher=teacher, students=students, settings=settings)
     tasks = {}
     for doc in run.get("tasks") or []:
         per = {m: {r["item"]: next(iter(r["columns"].values())) for r in rows
                    if r.get("task") == doc["task"] and r["model"] == m and r.get("columns")}
                for m in [teacher, *students]}
+        metrics = {next(iter(r["columns"])) for r in rows if r.get("task") == doc["task"] and r.get("columns")}
+        ids = {m: set(v) for m, v in per.items() if v}
+        if len({frozenset(v) for v in ids.values()}) > 1:
+            problems.append(f"task {doc['task']}: the models' rows are for different items")
         if per[teacher]:
-            tasks[doc["task"]] = task_scores(teacher=per[teacher], students={s: per[s] for s in students if per[s]},
-                                             clusters=None, settings=settings)
-    return finalize(comparisons, settings), tasks
+            tasks[doc["task"]] = {"metric": metrics.pop() if len(metrics) == 1 else None, "n": len(per[teacher]),
+                                  **task_scores(teacher=per[teacher], students={s: per[s] for s in students if per[s]},
+                                                clusters=None, settings=settings)}
+    return {"comparisons": finalize(comparisons, settings), "tasks": tasks, "probes": probes, "problems": problems}
 
 
 __all__ = ["Settings", "ItemInfo", "Ability", "recompute", "probe_comparisons", "columns_from_rows", "ability_of",

@@ -212,7 +212,8 @@ def gated_probes(run: dict, policy: Policy) -> list[str]:
     run's spec asked for, else every probe in the run."""
     if policy.required_probes is not None:
         return list(policy.required_probes)
-    spec_probes = [p if isinstance(p, str) else p.get("name") for p in (run.get("spec") or {}).get("probes") or []]
+    spec_probes = [p if isinstance(p, str) else p.get("name") if isinstance(p, dict) else None
+                   for p in (run.get("spec") or {}).get("probes") or []]
     return [p for p in spec_probes if p] or [p["probe"] for p in run.get("probes", [])]
 
 
@@ -441,40 +442,94 @@ def verify(run: dict, rows: list[dict], items_sha256: str | None) -> list[Check]
                       reason=f"items.jsonl sha256 {str(items_sha256)[:12]}... differs from the "
                       f"{run['items_sha256'][:12]}... recorded in run.json: the items changed after the audit")]
     try:
-        comps, tasks = recompute(run, rows)
+        got = recompute(run, rows)
     except Exception as exc:  # a malformed run or row cannot be certified, whatever the error
         return [Check(name="items.jsonl verified", status="error",
                       reason=f"the run cannot be recomputed from its items ({type(exc).__name__}: {exc})")]
-    problems = []
+    problems = list(got["problems"]) + _consistency(run)
 
-    def key(c: dict) -> tuple:
-        return (c.get("student_name"), c.get("probe"), c.get("metric"), c.get("group_key"), c.get("group"))
+    def key(c: dict) -> str:
+        return "/".join(str(c.get(k)) for k in ("student_name", "probe", "metric", "group_key", "group"))
 
-    mine = {key(c): c for c in comps}
-    stored = {key(c): c for c in run.get("comparisons") or [] if isinstance(c, dict)}
-    for k in sorted(set(mine) ^ set(stored), key=str):
-        problems.append(f"{'/'.join(map(str, k))}: {'missing from run.json' if k in mine else 'not in items.jsonl'}")
-    for k in sorted(set(mine) & set(stored), key=str):
-        a, b = mine[k], stored[k]
-        fields = [("verdict", a["verdict"], b.get("verdict"))] + [
-            (f"{side}.{f}", (a.get(side) or {}).get(f), (b.get(side) or {}).get(f))
-            for side, f in (("teacher", "bias"), ("student", "bias"), ("delta", "value"), ("delta", "p_adj"))]
-        for name, x, y in fields:
-            if not (x == y if name == "verdict" else _close(x, y)):
-                problems.append(f"{'/'.join(map(str, k))}: {name} is {y!r} in run.json, {x!r} from items.jsonl")
-    for t in run.get("tasks") or []:
-        got = tasks.get(t.get("task"))
-        for part in ("scores", "retention"):
-            for m, v in ((got or {}).get(part) or {}).items():
-                s_v = ((t.get(part) or {}).get(m) or {}).get("value")
-                if not _close(v.get("value"), s_v):
-                    problems.append(f"task {t.get('task')} {part} of {m} is {s_v!r} in run.json, "
-                                    f"{v.get('value')!r} from items.jsonl")
+    stored = [c for c in run.get("comparisons") or [] if isinstance(c, dict)]
+    mine = {key(c): c for c in got["comparisons"]}
+    if len({key(c) for c in stored}) != len(stored):
+        problems.append("comparisons: a record appears twice")
+    theirs = {key(c): c for c in stored}
+    for k in sorted(set(mine) ^ set(theirs)):
+        problems.append(f"{k}: {'missing from run.json' if k in mine else 'not in items.jsonl'}")
+    for k in sorted(set(mine) & set(theirs)):
+        _diff(json.loads(json.dumps(mine[k])), theirs[k], k, problems)
+    stored_tasks = {t.get("task"): t for t in run.get("tasks") or []}
+    for name, t in got["tasks"].items():
+        for part in ("metric", "n", "scores", "retention"):
+            _diff(t[part], (stored_tasks.get(name) or {}).get(part), f"task {name}.{part}", problems)
+    for doc in run.get("probes") or []:
+        want = got["probes"].get(doc.get("probe")) or {}
+        for part, value in want.items():
+            stored_part = doc.get(part)
+            if part == "models":  # the error text comes from the audit's log, not from the items
+                stored_part = {m: {k: v for k, v in (x or {}).items() if k != "error"}
+                               for m, x in (stored_part or {}).items()}
+            _diff(json.loads(json.dumps(value)), stored_part, f"probe {doc.get('probe')}.{part}", problems)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         return [Check(name="items.jsonl verified", status="error", reason=f"run.json disagrees with its items: {shown}")]
     return [Check(name="items.jsonl verified", status="pass",
-                  reason=f"{len(stored)} comparisons and {len(tasks)} task(s) recomputed from items.jsonl agree")]
+                  reason=f"{len(stored)} comparisons, {len(got['tasks'])} task(s) and {len(got['probes'])} probe(s) "
+                  "recomputed from items.jsonl agree")]
+
+
+def _diff(want: Any, have: Any, path: str, out: list[str]) -> None:
+    """Every difference between a recomputed value and the stored one, by path (numbers to 1e-6 relative)."""
+    if isinstance(want, dict) and isinstance(have, dict):
+        for k in sorted(set(want) | set(have), key=str):
+            if k not in want or k not in have:
+                out.append(f"{path}.{k}: {'missing from run.json' if k in want else 'not recomputed'}")
+            else:
+                _diff(want[k], have[k], f"{path}.{k}", out)
+    elif isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
+        for i, (a, b) in enumerate(zip(want, have, strict=True)):
+            _diff(a, b, f"{path}[{i}]", out)
+    elif isinstance(want, float | int) and isinstance(have, float | int) and not isinstance(want, bool) \
+            and not isinstance(have, bool):
+        if not _close(want, have):
+            out.append(f"{path} is {have!r} in run.json, {want!r} from items.jsonl")
+    elif want != have:
+        out.append(f"{path} is {str(have)[:80]!r} in run.json, {str(want)[:80]!r} from items.jsonl")
+
+
+def _consistency(run: dict) -> list[str]:
+    """run.json against its own spec: the models, probes, tasks and settings the spec asked for."""
+    spec, settings, problems = run.get("spec") or {}, run.get("settings") or {}, []
+    names = [m.get("name") for m in run.get("models") or []]
+    if len(set(names)) != len(names):
+        problems.append("models: a model appears twice")
+
+    def name_of(x: Any, default: str) -> Any:
+        return x.get("name", default) if isinstance(x, dict) else x
+
+    def listed(part: str) -> list:
+        value = spec.get(part) or []
+        if not isinstance(value, list):
+            problems.append(f"spec.{part}: expected a list, got {str(value)[:40]!r}")
+            return []
+        return value
+
+    wanted = [name_of(spec.get("teacher"), "teacher")] + [name_of(s, None) for s in listed("students")]
+    if [n for n in wanted if isinstance(n, str)] != names[: len(wanted)] or len(names) != len(wanted):
+        problems.append(f"models: run.json holds {names}, the spec asked for {wanted}")
+    for part, key in (("probes", "probe"), ("tasks", "task")):
+        asked = [name_of(p, None) for p in listed(part)]
+        held = [d.get(key) for d in run.get(part) or []]
+        if asked != held:
+            problems.append(f"{part}: run.json holds {held}, the spec asked for {asked}")
+    for k in ("alpha", "tolerance", "n_boot", "n_perm", "correction", "min_items", "min_clusters", "seed"):
+        if k in spec and spec[k] != settings.get(k):
+            problems.append(f"settings.{k} is {settings.get(k)!r}, the spec's is {spec[k]!r}")
+    if (run.get("provenance") or {}).get("seed") != settings.get("seed"):
+        problems.append("provenance.seed differs from settings.seed")
+    return problems
 
 
 def add_parser(subparsers) -> None:

@@ -284,10 +284,11 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
     """
     from audit.compare import (
         ItemInfo,
-        breakdown,
         columns_from_rows,
         finalize,
         probe_comparisons,
+        probe_counts,
+        probe_description,
         task_scores,
     )
     from audit.spec import settings_of
@@ -299,19 +300,14 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
     for pp in probes:
         infos = [ItemInfo(id=it.id, groups=dict(it.groups), cluster=it.cluster) for it in pp.items]
         cols = {m: columns_from_rows(found.get(f"probe:{pp.name}", [])) for m, found in results.items()}
-        doc = {"probe": pp.name, "version": pp.probe.version, "kind": pp.probe.kind,
-               "card": _card(pp.probe.card), "group_keys": list(pp.probe.group_keys),
-               "metrics": [_metric_doc(m) for m in pp.probe.metrics],
+        doc = {"probe": pp.name, **probe_description(pp.probe),
                "n_total": pp.n_total, "n_skipped": pp.n_skipped, "limit": pp.limit,
-               "sampled_ids_sha256": digest([it.id for it in pp.items]), "models": {}, "breakdown": {}}
-        for m, found in results.items():
-            rows = found.get(f"probe:{pp.name}")
+               "sampled_ids_sha256": digest([it.id for it in pp.items])}
+        rows = {m: found.get(f"probe:{pp.name}") or [] for m, found in results.items()}
+        doc.update(probe_counts(pp.probe, infos, rows))
+        for m in results:
             err = next((e["message"] for e in errors if e["model"] == m and e["stage"] == f"probe:{pp.name}"), None)
-            doc["models"][m] = {"n_scored": len(cols[m]), "n_invalid": sum(1 for r in rows or [] if r.get("invalid")),
-                                "error": err}
-            if cols[m]:
-                doc["breakdown"][m] = {met.name: {k: breakdown(metric=met, items=infos, columns=cols[m], group_key=k)
-                                                  for k in pp.probe.group_keys} for met in pp.probe.metrics}
+            doc["models"][m]["error"] = err
         probe_docs.append(doc)
         comparisons += probe_comparisons(name=pp.name, probe=pp.probe, items=infos, cols=cols, teacher=teacher,
                                          students=students, settings=settings)
@@ -343,18 +339,6 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
         "spec": spec.to_dict(), "models": models, "tasks": task_docs, "probes": probe_docs,
         "comparisons": comparisons, "errors": errors,
     }
-
-
-def _card(card: Any) -> dict:
-    from dataclasses import asdict
-
-    d = asdict(card)
-    return json.loads(json.dumps(d, default=list))
-
-
-def _metric_doc(m: Any) -> dict:
-    return {"name": m.name, "description": m.description, "neutral": m.neutral, "scale": m.scale, "kind": m.kind,
-            "binary": m.binary, "margin": m.margin, "min_items": m.min_items}
 
 
 __all__ = ["run_audit", "build_run"]

@@ -48,6 +48,8 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in args) + (" or null" if len(args) < len(get_args(tp)) else "")
     if origin is list:
         return "a list"
+    if origin is tuple:
+        return "an interval [low, high]"
     if origin is dict or tp is dict:
         return "an object"
     if is_dataclass(tp):
@@ -61,6 +63,11 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     bad = f"{path}: expected {_describe(tp)}, got {value!r}"[:300]
     if tp is Any:
         return value
+    if origin is tuple:  # an interval: [low, high] in JSON
+        if not isinstance(value, list) or len(value) != len(get_args(tp)):
+            problems.append(f"{path}: expected an interval [low, high], got {value!r}"[:300])
+            return None
+        return [_convert(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(value, get_args(tp), strict=True))]
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -141,7 +148,7 @@ class _Record:
 
 
 Number = float | None
-Interval = list[float] | None
+Interval = tuple[float, float] | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -295,7 +302,7 @@ class RunSettings(_Record):
     min_items: int
     min_clusters: int
     seed: int
-    backend: str
+    backend: Literal["engine", "hflm"]
     looks: list[float]
     alpha_look: float
     adaptive: list[Look] | None = None
