@@ -1618,6 +1618,11 @@ def test_zz_fuzz_table(capsys):
         pytest.skip("no fuzz test ran in this session")
     with capsys.disabled():
         print(fuzz_table())
+    # every input kind that ran was tried at least 1,000 times, and nothing outside a known class got through
+    assert all(t["cases"] >= 1000 for t in TALLY.values()), {k: t["cases"] for k, t in TALLY.items()}
+    for kind, t in TALLY.items():
+        for outcome in ("traceback", "false_pass", "bad_message"):
+            assert t[outcome] == t[f"{outcome}_known"], (kind, outcome, dict(t))
     if FUZZ_EXAMPLES >= 1000:
         short_kinds = [k for k in KINDS if 0 < TALLY[k]["cases"] < 1000]
         assert not short_kinds, f"fewer than 1000 cases for {short_kinds}"
