@@ -78,7 +78,7 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
                  errors: list[dict]) -> dict[str, Any]:
     """All probe and task results of one loaded model: {"probe:<n>": rows, "task:<n>": scores}."""
     from audit.lm import make_lm, score_probe_items
-    from audit.tasks import run_tasks, task_data_file
+    from audit.tasks import resolve_task, run_tasks
 
     lm = make_lm(loaded, backend=spec.backend, batch_size=spec.batch_size)
     name = loaded.ref.name
@@ -97,18 +97,21 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
             found[f"probe:{pp.name}"] = rows
         except Exception as exc:  # a failing model or scorer: keep what we have, report it
             errors.append({"model": name, "stage": f"probe:{pp.name}", "message": f"{type(exc).__name__}: {exc}"})
-    for task in spec.tasks:
+    data_dir = str(spec.data_dir) if spec.data_dir else None
+    for entry in spec.tasks:
+        task = entry.name
         try:
-            data = task_data_file(task, Path(spec.data_dir) if spec.data_dir else None)
-            key = {"model": loaded.content_hash, "dtype": loaded.ref.dtype, "task": task, "version": "1", "limit": spec.task_limit,
-                   "data": hashlib.sha256(data.read_bytes()).hexdigest(), "seed": spec.seed}
+            # resolved and loaded once per process (the preflight did it): config and data fingerprint
+            res = resolve_task(entry, task_paths=spec.task_paths, data_dir=data_dir)
+            key = {"model": loaded.content_hash, "dtype": loaded.ref.dtype, "task": task, "version": "2",
+                   "metric": res.metric, "filter": res.filter, "limit": spec.task_limit, "data": res.fingerprint}
 
-            def compute_task(_: list[int], task=task) -> list[dict]:
-                (res,) = run_tasks(lm, [task], data_dir=Path(spec.data_dir) if spec.data_dir else None,
-                                   limit=spec.task_limit, seed=spec.seed)
-                if res.error:
-                    raise BequeathError(res.error)
-                return [{"item": task, "metric": res.metric, "data_file": res.data_file, "scores": res.scores}]
+            def compute_task(_: list[int], entry=entry) -> list[dict]:
+                (r,) = run_tasks(lm, [entry], task_paths=spec.task_paths, data_dir=data_dir, limit=spec.task_limit)
+                if r.error:
+                    raise BequeathError(r.error)
+                return [{"item": r.task, "metric": r.metric, "data_files": list(r.data_files), "scores": r.scores,
+                         "lm_eval_value": r.lm_eval_value, "subtasks": r.subtasks}]
             rows, _ = cache.rows(key, [task], compute_task)
             found[f"task:{task}"] = rows[0]
         except Exception as exc:
@@ -175,22 +178,19 @@ def write_run(out: Path, run: dict[str, Any], rows: list[dict]) -> None:
 
 def preflight(spec: AuditSpec) -> None:
     """Check every input before anything is scored: each probe's data (read and validated), each
-    task's data file, each model opened (config and tokenizer, not the weights). All problems are
-    collected into one error naming each, so a bad input costs seconds, not an audit."""
+    task loaded by lm-eval (its datasets and metric), each model opened (config and tokenizer, not the
+    weights). All problems are collected into one error naming each, so a bad input costs seconds, not
+    an audit."""
     from audit.models import check_model
-    from audit.tasks import task_data_file
+    from audit.tasks import check_tasks
 
     problems = []
     try:
         _prepare_probes(spec)
     except (ProbeError, BequeathError) as exc:
         problems.append(str(exc))
-    data_dir = Path(spec.data_dir) if spec.data_dir else None
-    for task in spec.tasks:
-        try:
-            task_data_file(task, data_dir)
-        except Exception as exc:
-            problems.append(f"task {task}: {exc}")
+    # each task found and loaded by lm-eval (a dataset not on disk offline is named here), its metric checked
+    problems += check_tasks(spec.tasks, task_paths=spec.task_paths, data_dir=spec.data_dir)
     for ref in [spec.teacher, *spec.students]:
         try:
             check_model(ref)
@@ -313,7 +313,7 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
                                          students=students, settings=settings)
     comparisons = finalize(comparisons, settings)
     task_docs = []
-    for task in spec.tasks:
+    for task in (t.name for t in spec.tasks):
         per = {m: found[f"task:{task}"] for m, found in results.items() if f"task:{task}" in found}
         err = next((e["message"] for e in errors if e["stage"] == f"task:{task}"), None)
         doc = {"task": task, "metric": None, "n": None, "error": err, "scores": {}, "retention": {}}
@@ -326,8 +326,8 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
     files = {f: h for pp in probes for f, h in pp.files.items()}
     for found in results.values():
         for key, val in found.items():
-            if key.startswith("task:") and val.get("data_file"):
-                files.setdefault(val["data_file"], hashlib.sha256(Path(val["data_file"]).read_bytes()).hexdigest())
+            for f in (val.get("data_files") or []) if key.startswith("task:") else []:
+                files.setdefault(f, sha256_file(Path(f)))
     complete = not errors and len(results) == 1 + len(spec.students)
     return {
         "schema_version": SCHEMA_VERSION, "status": "complete" if complete else "partial", "created": now(),

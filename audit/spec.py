@@ -13,6 +13,7 @@ import yaml
 
 from audit.errors import SpecError, did_you_mean, shown, yaml_location
 from audit.models import ModelRef
+from audit.tasks import TaskSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,8 +28,9 @@ class AuditSpec:
     teacher: ModelRef
     students: tuple[ModelRef, ...] = ()
     probes: tuple[ProbeSpec, ...] = (ProbeSpec(name="bundled"),)
-    tasks: tuple[str, ...] = ("bundled_qa",)
-    task_limit: int | None = None
+    tasks: tuple[TaskSpec, ...] = (TaskSpec(name="bundled_qa"),)
+    task_limit: int | None = None  # lm-eval's --limit: the first N documents of each task (each subtask of a group)
+    task_paths: tuple[str, ...] = ()  # lm-eval task YAML files or folders (lm-eval's --include_path)
     data_dir: str | None = None
     out: str = "bequeath-out/audit"
     seed: int = 0
@@ -47,7 +49,10 @@ class AuditSpec:
     cache: str | None = None  # results cache directory; default $BEQUEATH_CACHE/results
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        d = json.loads(json.dumps(asdict(self), default=str))
+        # a task without a chosen metric is written as its name, as users write it (and as before)
+        d["tasks"] = [t["name"] if t["metric"] is None else t for t in d["tasks"]]
+        return d
 
     def spec_hash(self) -> str:
         d = self.to_dict()
@@ -112,17 +117,8 @@ class AuditSpec:
             errors.append(f"students: model names must be unique, got {shown(dupes)} twice; give each a 'name'")
         kw["students"] = tuple(parsed)
         kw["probes"] = tuple(_probe_specs(raw.get("probes", ["bundled"]), errors))
-        tasks = raw.get("tasks", ["bundled_qa"])
-        if isinstance(tasks, str):
-            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-        if tasks is None:
-            tasks = []
-        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
-            errors.append(f"tasks: expected a list of task names, got {shown(tasks)}")
-            tasks = []
-        if dupes := sorted({t for t in tasks if tasks.count(t) > 1}):
-            errors.append(f"tasks: each task once, got {shown(dupes)} more than once")
-        kw["tasks"] = tuple(tasks)
+        kw["task_paths"] = _task_paths(raw.get("task_paths"), errors)
+        kw["tasks"] = tuple(_task_specs(raw.get("tasks", ["bundled_qa"]), errors))
         # strict types: a count is a whole number (true/1.5/"3" are refused), a rate a number
         for name, lo in (("task_limit", 1), ("seed", 0), ("n_boot", 1), ("min_items", 1), ("min_clusters", 1),
                          ("n_perm", 1), ("max_items", 1), ("batch_size", 1)):
@@ -207,6 +203,74 @@ def _probe_specs(raw: Any, errors: list[str]) -> list[ProbeSpec]:
     return out
 
 
+_TASK_KEYS = ("name", "metric")
+
+
+def _task_specs(raw: Any, errors: list[str]) -> list[TaskSpec]:
+    """``tasks:``: names, or mappings {name:, metric:}; every malformed entry named, all at once."""
+    if isinstance(raw, str):
+        raw = [t.strip() for t in raw.split(",") if t.strip()]
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        errors.append(f"tasks: expected a list of task names or mappings {{name:, metric:}}, got {shown(raw)}")
+        return []
+    out = []
+    for i, t in enumerate(raw):
+        if isinstance(t, str) and t:
+            out.append(TaskSpec(name=t))
+            continue
+        if not isinstance(t, dict):
+            errors.append(f"tasks[{i}]: expected a task name or a mapping {{name: hellaswag, metric: acc_norm}}, "
+                          f"got {shown(t)}")
+            continue
+        bad = False
+        for key in t:
+            if key not in _TASK_KEYS:
+                hint = (" A task's YAML file or folder goes in task_paths: [DIR] (lm-eval's --include_path), "
+                        "its name in tasks." if key in ("path", "paths", "include_path", "yaml", "file") else "")
+                errors.append(f"tasks[{i}]: unknown key {shown(key)}.{did_you_mean(key, _TASK_KEYS)} "
+                              f"A task entry takes {', '.join(_TASK_KEYS)}.{hint}")
+                bad = True
+        name, metric = t.get("name"), t.get("metric")
+        if not isinstance(name, str) or not name:
+            errors.append(f"tasks[{i}].name: expected a task or group name (e.g. hellaswag), got {shown(name)}")
+            bad = True
+        if metric is not None and (not isinstance(metric, str) or not metric):
+            errors.append(f"tasks[{i}].metric: expected a metric name (e.g. acc_norm), got {shown(metric)}")
+            bad = True
+        if not bad:
+            out.append(TaskSpec(name=name, metric=metric))
+    names = [t.name for t in out]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        errors.append(f"tasks: each task once, got {shown(dupes)} more than once")
+    return out
+
+
+def _task_paths(raw: Any, errors: list[str]) -> tuple[str, ...]:
+    """``task_paths:``: lm-eval task YAML files or folders that exist."""
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        errors.append(f"task_paths: expected a list of task YAML files or folders, got {shown(raw)}")
+        return ()
+    out = []
+    for i, p in enumerate(raw):
+        if not isinstance(p, str) or not p:
+            errors.append(f"task_paths[{i}]: expected the path of a task YAML file or folder, got {shown(p)}")
+        elif not Path(p).exists():
+            errors.append(f"task_paths[{i}]: {p} not found (from {Path.cwd()}). Give an existing folder of "
+                          "lm-eval task YAML files, or one .yaml file.")
+        elif Path(p).is_file() and Path(p).suffix not in (".yaml", ".yml"):
+            errors.append(f"task_paths[{i}]: {p} is not a .yaml file. Give a folder of lm-eval task YAML files, "
+                          "or one .yaml file.")
+        else:
+            out.append(p)
+    return tuple(out)
+
+
 _PATH_OPTIONS = ("path", "data_dir", "stats")  # probe options that are file or directory paths
 
 
@@ -256,6 +320,8 @@ def _check_names(kw: dict[str, Any], errors: list[str]) -> None:
     for p in kw.get("probes", ()):
         if problem := unknown("probes", p.name):
             errors.append(f"probes: {problem}")
+    from audit.tasks import unknown_task
+
     for t in kw.get("tasks", ()):
-        if problem := unknown("tasks", t):
+        if problem := unknown_task(t.name, kw.get("task_paths", ())):
             errors.append(f"tasks: {problem}")
