@@ -74,6 +74,8 @@ def _corpus(spec: DistillSpec, teacher: Any, out: Path, *, progress: bool) -> Pa
     prompts_file = Path(spec.prompts) if spec.prompts else data.seed_prompts_path()
     prov = {"teacher": spec.teacher, "teacher_hash": teacher.content_hash, "prompts": str(prompts_file),
             "prompts_sha256": file_sha256(prompts_file)}
+    if spec.debias is not None and spec.method == "hard" and spec.hard_level == "sequence":
+        prov["debias_prompts"] = _swap_list(spec).pairs_sha256()
     path = out / "corpus.jsonl"
     if path.is_file():
         try:
@@ -84,7 +86,12 @@ def _corpus(spec: DistillSpec, teacher: Any, out: Path, *, progress: bool) -> Pa
                 return path
         except (ValueError, KeyError, TypeError):
             pass
-    return data.generate_corpus(teacher, data.read_prompts(prompts_file), path, max_new_tokens=spec.gen_max_new_tokens,
+    prompts = data.read_prompts(prompts_file)
+    if spec.debias is not None and spec.method == "hard" and spec.hard_level == "sequence":
+        # CDA for sequence level: the teacher also answers the swapped prompts (its own outputs for them)
+        swap = _swap_list(spec).swap
+        prompts = prompts + [q for q in (swap(x) for x in prompts) if q not in prompts]
+    return data.generate_corpus(teacher, prompts, path, max_new_tokens=spec.gen_max_new_tokens,
                                 temperature=spec.gen_temperature, batch_size=spec.gen_batch_size, seed=spec.seed,
                                 progress=progress, provenance=prov)
 
@@ -119,7 +126,7 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     from transformers import PrinterCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from distill import data, students, train
+    from distill import data, eval_items, students, train
 
     t0 = time.perf_counter()
     out = Path(spec.output)
@@ -141,9 +148,13 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
             "'prompt' and 'response'. Use --corpus generate (optionally --prompts FILE), or a JSONL the teacher wrote.")
     models = (student.model,) if sequence_level else (teacher.model, student.model)
     limits = [x for m in models if (x := getattr(m.config, "max_position_embeddings", None))]
+    rows, partner = _counterfactuals(spec, rows, sequence_level)
     examples = data.tokenize(rows, student.tokenizer, seq_len=spec.seq_len, max_positions=min(limits, default=None),
                              response_only=sequence_level)
     data_hash = data.examples_hash(examples)
+    train_data, groups, debias_info = examples, None, None
+    if spec.debias is not None:
+        train_data, groups, debias_info = _pair_up(spec, examples, partner, student.tokenizer)
     cache = None
     if spec.cache:
         with args.main_process_first(desc="logit cache"):
@@ -152,15 +163,16 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     set_seed(spec.seed)
     kill = os.environ.get("BEQUEATH_DISTILL_KILL_AT_STEP")  # fault injection for the resume test
     progress_cb = train.Progress(enabled=progress, kill_at_step=int(kill) if kill else None)
-    common = dict(args=args, train_dataset=examples, data_collator=data.Collator(pad_id=student.tokenizer.pad_token_id,
+    common = dict(args=args, train_dataset=train_data, data_collator=data.Collator(pad_id=student.tokenizer.pad_token_id,
                   cache=cache), callbacks=[progress_cb], processing_class=student.tokenizer)
     if spec.method == "co":
         peers = [teacher.model.train().requires_grad_(True), student.model]
         peers += [_extra_peer(student.model, seed=spec.seed + 1 + i) for i in range(spec.peers)]
-        trainer = train.CoDistillTrainer(model=train.PeerGroup(peers), spec=spec, vocab=vocab, **common)
+        trainer = train.CoDistillTrainer(model=train.PeerGroup(peers), spec=spec, vocab=vocab, groups=groups, **common)
     else:
         live = None if (cache is not None or _ce_only(spec)) else students.freeze(teacher.model)
-        trainer = train.DistillTrainer(model=student.model, spec=spec, teacher=live, vocab=vocab, **common)
+        trainer = train.DistillTrainer(model=student.model, spec=spec, teacher=live, vocab=vocab, groups=groups,
+                                       **common)
     trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(args.output_dir) if spec.resume and Path(args.output_dir).is_dir() else None
     try:
@@ -178,7 +190,59 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
         ckpt_dir.rmdir()  # no checkpoint was asked for
     card = _card(spec, teacher, student, corpus, data_hash, len(examples), trainer, cache, t0)
+    # the texts it trained on vs every probe's and task's items (n-gram overlap; distill.eval_items)
+    card["contamination"] = eval_items.check_corpus([r.text for r in rows], data_dir=spec.contamination_data)
+    card["debias"] = debias_info
+    if debias_info is not None:
+        card["technique"] += f" + {_DEBIAS_NAMES[spec.debias.method]}"
     return _save(spec, out, trainer, teacher, student, card)
+
+
+_DEBIAS_NAMES = {"cda": "CDA", "crr": "CDA + CRR", "invariance": "CDA + counterfactual invariance"}
+
+
+def _swap_list(spec: DistillSpec) -> Any:
+    from distill import debias
+
+    return debias.SwapList.from_files(list(spec.debias.word_lists) or [debias.default_word_list()])
+
+
+def _counterfactuals(spec: DistillSpec, rows: list, sequence_level: bool) -> tuple[list, list[int] | None]:
+    """CDA: the corpus rows with their swaps and each row's partner (rows unchanged without debias).
+    Sequence level on a teacher-written corpus pairs rows by prompt (the teacher answered the swapped
+    prompts itself); any other corpus gets the swap of each row's text."""
+    from distill import data
+
+    if spec.debias is None:
+        return rows, None
+    swap = _swap_list(spec).swap
+    if sequence_level and spec.corpus == "generate":
+        return rows, data.partners_by_prompt(rows, swap)
+    return data.with_counterfactuals(rows, swap)
+
+
+def _pair_up(spec: DistillSpec, examples: list, partner: list[int], tokenizer: Any) -> tuple[list, Any, dict]:
+    """Pair units for training, the token-level swap groups, and the card's ``debias`` record."""
+    from distill import data, debias
+    from probes.files import sha256_file
+
+    swaps = _swap_list(spec)
+    groups = debias.token_groups(swaps.pairs, tokenizer)
+    units = data.pair_units(examples, partner, lambda a, b: debias.aligned(a, b, groups))
+    pairs = [u for u in units if len(u) == 2]
+    files = list(spec.debias.word_lists) or [str(debias.default_word_list())]
+    d = spec.debias
+    info = {
+        "method": d.method, "summary": _DEBIAS_NAMES[d.method],
+        "word_lists": [{"path": f, "sha256": sha256_file(Path(f))} for f in files],
+        "n_word_pairs": len(swaps.pairs), "n_token_groups": groups.n_groups, "n_swap_tokens": len(groups.ids),
+        "n_sequences": len(examples), "n_pairs": len(pairs), "n_aligned_pairs": sum(bool(u[0]["aligned"]) for u in pairs),
+        "crr": ({"variant": d.crr, "definition": debias.CRR_DEFINITIONS[d.crr]} if d.method == "crr" else None),
+        "invariance": ({"weight": d.weight, "divergence": "KL(p_S(x) || p_S(swap(x))) + KL(p_S(swap(x)) || p_S(x)), "
+                        "tau = 1, aligned pairs, positions whose next token the swap does not change"}
+                       if d.method == "invariance" else None),
+    }
+    return units, groups, info
 
 
 def _extra_peer(student: Any, *, seed: int) -> Any:

@@ -21,6 +21,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--corpus", "corpus", str, "training text: .txt (one text per line), .jsonl (text, or prompt+response), "
                                 "or 'generate' (the teacher writes it from the bundled seed prompts; default)"),
     ("--prompts", "prompts", str, "prompt file for --corpus generate (default: bundled seed prompts)"),
+    ("--contamination-data", "contamination_data", str, "also check the corpus for n-gram overlap with every probe "
+                                                        "and task whose data this folder holds (e.g. ../shared/data)"),
     ("--out", "output", str, "output directory (the student; for co: OUT/student and OUT/teacher)"),
     ("--divergence", "divergence", str, "forward_kl | reverse_kl | jsd | skew_kl (soft-label)"),
     ("--temperature", "temperature", float, "softmax temperature τ"),
@@ -48,6 +50,15 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--teacher-lambda", "teacher_lambda", float, "co-distillation: λ of the teacher"),
     ("--snapshot-every", "snapshot_every", int, "co-distillation: refresh the peers' snapshot every N steps (0: live)"),
     ("--max-new-tokens", "gen_max_new_tokens", int, "tokens the teacher writes per prompt (corpus generate)"),
+    ("--debias", "debias_method", str, "bias-aware distillation (docs/debias.md): cda (train on every sequence and "
+                                       "its gender swap) | crr (cda + the teacher's distribution averaged with its "
+                                       "role-reversed one on the swap) | invariance (cda + weight x KL between the "
+                                       "student's distributions on a sequence and its swap); works with soft, hard, co"),
+    ("--debias-word-list", "debias_word_lists", str, "swap list file(s), comma-separated, two words a line (default: "
+                                                     "bundled pronouns and common nouns; e.g. WinoBias's "
+                                                     "generalized_swaps.txt,extra_gendered_words.txt)"),
+    ("--debias-weight", "debias_weight", float, "weight of the invariance term (--debias invariance; default 1.0)"),
+    ("--crr-variant", "debias_crr", str, "CRR: mean (average with the role-reversed distribution; default) | max"),
 ]
 
 
@@ -115,6 +126,12 @@ def spec_dict(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                 raise SpecError(f"--layers: expected comma-separated integers, got '{value}'.") from None
         elif dest == "student_checkpoint":
             student = {"from": "checkpoint", "path": value}
+        elif dest.startswith("debias_"):
+            debias = d.get("debias")
+            debias = dict(debias) if isinstance(debias, dict) else ({"method": debias} if debias else {})
+            key = dest.removeprefix("debias_")
+            debias[key] = [x for x in value.split(",") if x.strip()] if key == "word_lists" else value
+            d["debias"] = debias
         else:
             d[dest] = value
     if student is not None:

@@ -95,7 +95,7 @@ def tokenize(rows: list[Row], tokenizer: Any, *, seq_len: int, max_positions: in
             ids = ids[:limit]
         labels = [IGNORE] * min(n_prompt, len(ids)) + ids[n_prompt:]
         if len(ids) >= 2 and any(x != IGNORE for x in labels):
-            out.append({"input_ids": ids, "labels": labels, "idx": i})
+            out.append({"input_ids": ids, "labels": labels, "idx": len(out), "row": i})
     if cut:
         warnings.warn(f"{cut} of {len(rows)} texts were longer than {limit} tokens and were truncated.", stacklevel=2)
     if not out:
@@ -111,16 +111,79 @@ def examples_hash(examples: list[dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
+def with_counterfactuals(rows: list[Row], swap: Any) -> tuple[list[Row], list[int]]:
+    """CDA: ``rows`` followed by the swap of every row that has a listed word (two-sided: each
+    original and its counterfactual are both training rows). Returns the rows and, per row, the
+    index of its partner (-1 for a row the swap does not change)."""
+    out, partner = list(rows), [-1] * len(rows)
+    for i, row in enumerate(rows):
+        text = swap(row.text)
+        if text == row.text:
+            continue
+        partner[i] = len(out)
+        partner.append(i)
+        out.append(Row(text=text, prompt=swap(row.prompt) if row.prompt is not None else None))
+    return out, partner
+
+
+def partners_by_prompt(rows: list[Row], swap: Any) -> list[int]:
+    """Partners of prompt/response rows the teacher wrote for a prompt list with its swaps: row i pairs
+    with the row whose prompt is the swap of its prompt (-1 where there is none)."""
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        first.setdefault(row.prompt or "", i)
+    partner = []
+    for i, row in enumerate(rows):
+        j = first.get(swap(row.prompt or ""), -1) if row.prompt else -1
+        partner.append(j if j != i else -1)
+    return partner
+
+
+def pair_units(examples: list[dict[str, Any]], partner_row: list[int], is_aligned: Any) -> list[list[dict[str, Any]]]:
+    """Training units for bias-aware runs: each example with its counterfactual partner (so a batch
+    always holds both), or alone. ``is_aligned(ids_a, ids_b)`` marks the pairs that line up
+    position by position (they get CRR and the invariance term)."""
+    by_row = {ex["row"]: ex for ex in examples}
+    units, used = [], set()
+    for ex in examples:
+        if ex["row"] in used:
+            continue
+        used.add(ex["row"])
+        mate = by_row.get(partner_row[ex["row"]]) if partner_row[ex["row"]] >= 0 else None
+        if mate is None or mate["row"] in used:
+            units.append([ex])
+            continue
+        used.add(mate["row"])
+        ok = bool(is_aligned(ex["input_ids"], mate["input_ids"]))
+        units.append([dict(ex, aligned=ok), dict(mate, aligned=ok)])
+    return units
+
+
 @dataclass(frozen=True, kw_only=True)
 class Collator:
-    """Right-pads a batch; pad positions get label -100. Attaches cached teacher top-k rows."""
+    """Right-pads a batch; pad positions get label -100. Attaches cached teacher top-k rows.
+
+    Items may be pair units (lists of 1 or 2 examples, from :func:`pair_units`): they are flattened,
+    and ``cf_partner`` [R] (the batch row of each row's counterfactual, -1 if none) and ``cf_aligned``
+    [R] are added."""
 
     pad_id: int
     cache: Any = None  # distill.cache.LogitCache
 
-    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, batch: list[Any]) -> dict[str, Any]:
         import torch
 
+        pairs = None
+        if batch and isinstance(batch[0], list):
+            flat, partner, ok = [], [], []
+            for unit in batch:
+                base = len(flat)
+                for j, ex in enumerate(unit):
+                    flat.append(ex)
+                    partner.append(base + 1 - j if len(unit) == 2 else -1)
+                    ok.append(bool(ex.get("aligned", False)))
+            batch = flat
+            pairs = {"cf_partner": torch.tensor(partner, dtype=torch.long), "cf_aligned": torch.tensor(ok)}
         width = max(len(ex["input_ids"]) for ex in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -131,6 +194,8 @@ class Collator:
             labels[r, :n] = torch.tensor(ex["labels"])
             mask[r, :n] = 1
         out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if pairs is not None:
+            out.update(pairs)
         if self.cache is not None:
             out.update(self.cache.batch([ex["idx"] for ex in batch], width))
         return out

@@ -33,6 +33,7 @@ CO = Technique(name="co", summary="co-distillation: teacher and peers train toge
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (SOFT, HARD, CO)}
 METHODS = tuple(TECHNIQUES)
 HARD_LEVELS = ("token", "sequence")
+DEBIAS_METHODS = ("cda", "crr", "invariance")
 STUDENT_FROM = ("layers", "config", "checkpoint")
 
 
@@ -64,6 +65,23 @@ class StudentInit:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Debias:
+    """Bias-aware distillation (docs/debias.md). Every method trains on the corpus with its
+    counterfactual (CDA: each sequence with a listed word beside its swap); ``crr`` also trains on
+    the teacher's role-reversed distributions (``crr`` variant ``mean`` or ``max``), ``invariance``
+    also adds ``weight``·KL between the student's distributions on a sequence and its swap.
+    ``word_lists``: files of word pairs (default: the bundled gender_pairs.txt)."""
+
+    method: str = "cda"
+    word_lists: tuple[str, ...] = ()
+    weight: float = 1.0
+    crr: str = "mean"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "word_lists": list(self.word_lists), "weight": self.weight, "crr": self.crr}
+
+
+@dataclass(frozen=True, kw_only=True)
 class DistillSpec:
     """One distillation run. See ``docs`` in the CLI help for each field's meaning."""
 
@@ -79,6 +97,9 @@ class DistillSpec:
     student: StudentInit = field(default_factory=StudentInit)
     corpus: str = "generate"  # .txt / .jsonl path, or "generate" (teacher writes it from seed prompts)
     prompts: str | None = None  # prompt file for corpus=generate (default: bundled seed prompts)
+    # folder of probe/task data (e.g. ../shared/data) whose items the corpus is also checked against
+    # (distill.eval_items); not a hyperparameter: left out of as_dict, recorded in the card's contamination block
+    contamination_data: str | None = None
     gen_max_new_tokens: int = 48
     gen_temperature: float = 0.8
     gen_batch_size: int = 16
@@ -102,6 +123,7 @@ class DistillSpec:
     teacher_lr: float | None = None  # co-distillation: teacher learning rate (default lr/10)
     snapshot_every: int = 0  # co-distillation: read peers from a snapshot refreshed every N steps
     dtype: str = "float32"
+    debias: Debias | None = None  # bias-aware distillation: {method: cda|crr|invariance, ...}
 
     # ------------------------------------------------------------ construction
 
@@ -124,11 +146,13 @@ class DistillSpec:
             if key not in known:
                 errors.append(f"unknown field '{key}'.{did_you_mean(key, known)}")
                 continue
-            if value is None and key not in ("cache", "prompts", "teacher_lr"):
+            if value is None and key not in ("cache", "prompts", "teacher_lr", "debias"):
                 continue
             kwargs[key] = value
         if "student" in kwargs:
             kwargs["student"] = _student(kwargs["student"], errors)
+        if kwargs.get("debias") is not None:
+            kwargs["debias"] = _debias(kwargs["debias"], errors)
         _coerce(kwargs, errors)
         spec = cls(**{k: v for k, v in kwargs.items() if v is not _BAD})
         errors += spec.problems()
@@ -165,11 +189,39 @@ class DistillSpec:
             e.append("peers: only co-distillation (method: co) trains peers.")
         if self.dtype not in ("float32", "bfloat16"):
             e.append(f"dtype '{self.dtype}' is not one of float32, bfloat16.")
+        if self.debias is not None:
+            e += self._debias_problems()
+        return e
+
+    def _debias_problems(self) -> list[str]:
+        from distill.debias import CRR_VARIANTS
+
+        d, e = self.debias, []
+        if d.method not in DEBIAS_METHODS:
+            e.append(f"debias.method '{d.method}' is not one of {', '.join(DEBIAS_METHODS)}."
+                     f"{did_you_mean(d.method, DEBIAS_METHODS)}")
+        if d.crr not in CRR_VARIANTS:
+            e.append(f"debias.crr '{d.crr}' is not one of {', '.join(CRR_VARIANTS)}.{did_you_mean(d.crr, CRR_VARIANTS)}")
+        if not d.weight >= 0:
+            e.append(f"debias.weight must be >= 0, got {d.weight}.")
+        for path in d.word_lists:
+            if not Path(path).is_file():
+                e.append(f"debias.word_lists: {path} does not exist (give files of word pairs, two words a line).")
+        if d.method == "crr" and self.method == "hard" and self.hard_level == "sequence":
+            e.append("debias.method 'crr' changes the teacher's token distributions, which sequence-level hard-label "
+                     "training never reads; use 'cda' (the teacher also answers the swapped prompts) or 'invariance'.")
+        if d.method == "crr" and self.cache:
+            e.append("debias.method 'crr' needs the teacher's full distributions on each sequence and its swap; "
+                     "the top-k cache keeps neither; remove 'cache'.")
+        if d.method == "crr" and self.method == "soft" and self.alpha == 0.0:
+            e.append("debias.method 'crr' acts on the teacher term, which alpha 0 switches off; set alpha > 0.")
         return e
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["student"] = self.student.as_dict()
+        del d["contamination_data"]
+        d["debias"] = self.debias.as_dict() if self.debias is not None else None
         return d
 
 
@@ -186,7 +238,7 @@ def _coerce(kwargs: dict[str, Any], errors: list[str]) -> None:
     types = {f.name: f.type for f in dataclasses.fields(DistillSpec)}
     for key, value in list(kwargs.items()):
         t = str(types[key])
-        if value is None or key == "student":
+        if value is None or key in ("student", "debias"):
             continue
         try:
             if t.startswith("bool"):
@@ -250,3 +302,47 @@ def _student(value: Any, errors: list[str]) -> Any:
         errors.append("student.path: 'from: checkpoint' needs the model directory in 'path'.")
         return _BAD
     return StudentInit(source="checkpoint", every=None, path=str(value["path"]))
+
+
+def _debias(value: Any, errors: list[str]) -> Any:
+    """Parse ``debias: {method: crr, word_lists: [a.txt], weight: 1.0, crr: mean}`` (or just ``debias: cda``)."""
+    if isinstance(value, Debias):
+        return value
+    if isinstance(value, str):
+        value = {"method": value}
+    if not isinstance(value, dict):
+        errors.append(f"debias: expected a mapping like {{method: cda}} or a method name, got {value!r}.")
+        return _BAD
+    allowed = {"method", "word_lists", "weight", "crr"}
+    for key in sorted(set(value) - allowed):
+        errors.append(f"debias.{key}: not a field of debias (expected {', '.join(sorted(allowed))})."
+                      f"{did_you_mean(str(key), allowed)}")
+    kw: dict[str, Any] = {}
+    method = value.get("method")
+    if not isinstance(method, str):
+        errors.append(f"debias.method: expected one of {', '.join(DEBIAS_METHODS)}, got {method!r}.")
+        return _BAD
+    kw["method"] = method
+    lists = value.get("word_lists")
+    if lists is not None:
+        if isinstance(lists, str | Path):
+            lists = [lists]
+        if not isinstance(lists, list | tuple) or not lists or not all(isinstance(x, str | Path) for x in lists):
+            errors.append(f"debias.word_lists: expected a list of file paths, got {lists!r}.")
+            return _BAD
+        kw["word_lists"] = tuple(str(x) for x in lists)
+    weight = value.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float | str):
+        errors.append(f"debias.weight: expected a number, got {weight!r}.")
+        return _BAD
+    try:
+        kw["weight"] = float(weight)
+    except ValueError:
+        errors.append(f"debias.weight: expected a number, got {weight!r}.")
+        return _BAD
+    crr = value.get("crr", "mean")
+    if not isinstance(crr, str):
+        errors.append(f"debias.crr: expected 'mean' or 'max', got {crr!r}.")
+        return _BAD
+    kw["crr"] = crr
+    return Debias(**kw)

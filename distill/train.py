@@ -25,6 +25,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from audit.errors import BequeathError
+from distill import debias as D
 from distill import losses as L
 from distill.spec import DistillSpec
 
@@ -77,9 +78,9 @@ class DistillTrainer(_LossMixin, Trainer):
     """A student trained against a frozen teacher (``teacher=None``: cached logits or plain CE)."""
 
     def __init__(self, *args: Any, spec: DistillSpec, teacher: nn.Module | None, vocab: int | None,
-                 **kwargs: Any) -> None:
+                 groups: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.spec, self.teacher, self.vocab = spec, teacher, vocab
+        self.spec, self.teacher, self.vocab, self.groups = spec, teacher, vocab, groups
 
     def _mode(self) -> str:
         s = self.spec
@@ -93,6 +94,7 @@ class DistillTrainer(_LossMixin, Trainer):
                      num_items_in_batch: Any = None) -> Any:
         s = self.spec
         labels = inputs.pop("labels")
+        pairs = _pairs(inputs)
         cached = _aligned_topk(inputs, s.temperature) if _TOPK_KEYS[0] in inputs else None
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
         logits, y = L.shift(out.logits, labels)
@@ -102,22 +104,41 @@ class DistillTrainer(_LossMixin, Trainer):
             ce = L.cross_entropy(logits[..., : self.vocab] if self.vocab else logits, y, num_valid=n)
             parts = L.LossParts(total=ce, ce=ce, kd=ce.detach() * 0)
         else:
-            target = cached if cached is not None else self._teacher_logits(inputs)
+            target = cached if cached is not None else self._teacher_logits(inputs, pairs)
             if mode == "soft":
                 parts = L.soft_label_loss(logits, y, target, alpha=s.alpha, temperature=s.temperature,
                                           kind=s.divergence, beta=s.beta, skew_lambda=s.skew_lambda,
                                           tau_squared=s.tau_squared, vocab=self.vocab, num_valid=n)
             else:
                 parts = L.hard_label_loss(logits, y, target, vocab=self.vocab, num_valid=n)
-        loss = self._finish(parts.total, {"ce": parts.ce, "kd": parts.kd})
+        logged = {"ce": parts.ce, "kd": parts.kd}
+        total = parts.total
+        if pairs is not None and s.debias is not None and s.debias.method == "invariance":
+            z = out.logits[..., : self.vocab] if self.vocab else out.logits
+            inv = D.invariance_loss(z, labels, *pairs, num_valid=n)
+            total, logged["invariance"] = total + s.debias.weight * inv, inv
+        loss = self._finish(total, logged)
         return (loss, out) if return_outputs else loss
 
-    def _teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+    def _teacher_logits(self, inputs: dict[str, Any], pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> torch.Tensor:
         if self.teacher is None:
             raise BequeathError("This run needs teacher logits but has neither a teacher nor a cache.")
+        s = self.spec
         with torch.no_grad():  # not inference_mode: its tensors could not be saved by the loss's backward
             t = self.teacher(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).logits
+            if pairs is not None and s.debias is not None and s.debias.method == "crr":
+                if self.vocab:
+                    t = t[..., : self.vocab]
+                t = D.crr_teacher_logits(t, *pairs, self.groups, temperature=s.temperature, variant=s.debias.crr)
             return t.reshape(-1, t.shape[-1])  # aligned with ``L.shift`` (a view, no copy)
+
+
+def _pairs(inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The counterfactual pairing of a bias-aware batch (see ``distill.data.Collator``), or None."""
+    if "cf_partner" not in inputs:
+        return None
+    return inputs.pop("cf_partner"), inputs.pop("cf_aligned")
 
 
 class PeerGroup(nn.Module):
@@ -137,9 +158,9 @@ _SNAPSHOT_FILE = "peer_snapshot.safetensors"
 class CoDistillTrainer(_LossMixin, Trainer):
     """Co-distillation: every peer learns from the data and from the others' stop-gradient outputs."""
 
-    def __init__(self, *args: Any, spec: DistillSpec, vocab: int | None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, spec: DistillSpec, vocab: int | None, groups: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.spec, self.vocab = spec, vocab
+        self.spec, self.vocab, self.groups = spec, vocab, groups
         self._snapshot: PeerGroup | None = None
         self._snapshot_step = -1
 
@@ -158,8 +179,14 @@ class CoDistillTrainer(_LossMixin, Trainer):
                      num_items_in_batch: Any = None) -> Any:
         s = self.spec
         labels = inputs.pop("labels")
+        pairs = _pairs(inputs)
         live = model(inputs["input_ids"], inputs.get("attention_mask"))
         targets = self._targets(model, inputs, live)
+        method = s.debias.method if (pairs is not None and s.debias is not None) else None
+        if method == "crr":  # every peer's target is its role-reversed distribution
+            with torch.no_grad():
+                targets = [D.crr_teacher_logits(t[..., : self.vocab] if self.vocab else t, *pairs, self.groups,
+                                                temperature=s.temperature, variant=s.debias.crr) for t in targets]
         n = self._denominator(labels, num_items_in_batch)
         total, parts = 0.0, {}
         for k, logits in enumerate(live):
@@ -171,6 +198,9 @@ class CoDistillTrainer(_LossMixin, Trainer):
             total = total + p.total
             name = "teacher" if k == 0 else ("student" if k == 1 else f"peer{k - 1}")
             parts[f"{name}_ce"], parts[f"{name}_kd"] = p.ce, p.kd
+            if method == "invariance" and k > 0:  # the students (not the teacher) learn invariance
+                inv = D.invariance_loss(logits[..., : self.vocab] if self.vocab else logits, labels, *pairs, num_valid=n)
+                total, parts[f"{name}_invariance"] = total + s.debias.weight * inv, inv
         loss = self._finish(total, parts)
         return (loss, live) if return_outputs else loss
 

@@ -282,3 +282,140 @@ def test_fused_cross_entropy_equals_torch_value_and_gradient(block_rows, monkeyp
         assert float(a.grad[y == L.IGNORE].abs().max()) == 0.0 and float(a.grad.abs().sum()) > 0
     with torch.no_grad():  # evaluation: no gradient buffer kept, same value
         torch.testing.assert_close(L.cross_entropy(s, y), F.cross_entropy(s, y, ignore_index=L.IGNORE))
+
+
+# ---------------------------------------------------------------- bias-aware distillation (issue 16)
+
+from distill import debias as D  # noqa: E402
+
+# a hand-computable vocabulary of 6: token 0 is neutral; group 0 is {1} | {2} ("he" | "she");
+# group 1 is {3, 4} | {5} ("him", "his" | "her")
+GROUPS = D.TokenGroups(ids=(1, 2, 3, 4, 5), side=(0, 1, 0, 0, 1), group=(0, 0, 1, 1, 1))
+P = torch.tensor([[0.1, 0.4, 0.1, 0.2, 0.1, 0.1]])  # the teacher on x
+P_CF = torch.tensor([[0.2, 0.1, 0.3, 0.1, 0.1, 0.2]])  # the teacher on swap(x)
+
+
+def test_counterfactual_map_known_answer():
+    q = D.counterfactual_map(P_CF, P, GROUPS)
+    # he <- she's 0.3, she <- he's 0.1; her <- him+his = 0.2; him, his share her's 0.2 as p(him):p(his) = 2:1
+    want = torch.tensor([[0.2, 0.3, 0.1, 0.2 * 2 / 3, 0.2 / 3, 0.2]])
+    torch.testing.assert_close(q, want)
+    assert float(q.sum()) == pytest.approx(1.0)
+    # where x gives the shared side no mass, the tokens share equally
+    p0 = torch.tensor([[0.5, 0.2, 0.3, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(D.counterfactual_map(P_CF, p0, GROUPS)[0, 3:5], torch.tensor([0.1, 0.1]))
+
+
+def test_crr_mean_and_max_known_answer():
+    mean = D.crr_logprobs(P.log(), P_CF.log(), GROUPS, variant="mean").exp()
+    torch.testing.assert_close(mean, torch.tensor([[0.15, 0.35, 0.1, (0.2 + 0.4 / 3) / 2, (0.1 + 0.2 / 3) / 2, 0.15]]))
+    mx = D.crr_logprobs(P.log(), P_CF.log(), GROUPS, variant="max").exp()
+    torch.testing.assert_close(mx, torch.tensor([[0.1, 0.4, 0.1, 0.2, 0.1, 0.2]]) / 1.1)
+    # a context with no gendered word is its own swap: CRR-mean gives he and she the same probability
+    same = D.crr_logprobs(P.log(), P.log(), GROUPS, variant="mean").exp()
+    assert float(same[0, 1]) == pytest.approx(float(same[0, 2])) == pytest.approx(0.25)
+    # a teacher already balanced across the swap (p on swap(x) is p with roles exchanged) is left as it is
+    swapped = D.counterfactual_map(P, P, GROUPS)
+    torch.testing.assert_close(D.crr_logprobs(P.log(), swapped.log(), GROUPS, variant="mean").exp(), P)
+    with pytest.raises(ValueError, match="mean, max"):
+        D.crr_logprobs(P.log(), P.log(), GROUPS, variant="median")
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_crr_teacher_logits_mix_tempered_distributions_of_aligned_pairs_only(tau):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 6, generator=g) * 2
+    partner, ok = torch.tensor([1, 0, -1]), torch.tensor([True, True, False])
+    out = D.crr_teacher_logits(logits, partner, ok, GROUPS, temperature=tau, variant="mean")
+    got = torch.log_softmax(out / tau, -1)
+    lp = torch.log_softmax(logits / tau, -1)
+    for r, c in ((0, 1), (1, 0)):
+        torch.testing.assert_close(got[r], D.crr_logprobs(lp[r], lp[c], GROUPS, variant="mean"))
+    torch.testing.assert_close(out[2], logits[2])  # no partner: the teacher as it is
+    unaligned = D.crr_teacher_logits(logits, partner, torch.tensor([False, False, False]), GROUPS,
+                                     temperature=tau, variant="mean")
+    assert torch.equal(unaligned, logits)
+
+
+def test_invariance_term_equals_torch_kl_on_aligned_unchanged_positions():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(4, 5, V, generator=g, requires_grad=True)
+    labels = torch.tensor([[L.IGNORE, 7, 1, 9, 4], [L.IGNORE, 7, 2, 9, 4],  # pair 0-1: position 2 swapped
+                           [L.IGNORE, 3, 3, 3, L.IGNORE], [L.IGNORE, 5, 5, 5, 5]])  # row 2-3: not aligned
+    partner, ok = torch.tensor([1, 0, 3, 2]), torch.tensor([True, True, False, False])
+    got = D.invariance_loss(z, labels, partner, ok, num_valid=10)
+    # logits at t predict labels[t+1]: targets 7,1|2,9,4 -> positions 0, 2, 3 are unchanged, position 1 is not
+    keep = [0, 2, 3]
+    lp0, lp1 = F.log_softmax(z[0, keep], -1), F.log_softmax(z[1, keep], -1)
+    want = (F.kl_div(lp1, lp0, log_target=True, reduction="sum") + F.kl_div(lp0, lp1, log_target=True,
+                                                                           reduction="sum")) / 10
+    torch.testing.assert_close(got, want)
+    got.backward()
+    assert z.grad[2:].abs().sum() == 0 and z.grad[:2].abs().sum() > 0
+    none = D.invariance_loss(z, labels, partner, torch.zeros(4, dtype=torch.bool), num_valid=10)
+    assert float(none) == 0.0
+
+
+def test_aligned_needs_same_length_and_only_counterpart_differences():
+    assert D.aligned([0, 1, 3, 0], [0, 2, 5, 0], GROUPS)
+    assert not D.aligned([0, 1, 3], [0, 1, 4], GROUPS)  # 3 and 4 are on the same side: not a swap
+    assert not D.aligned([0, 1, 0], [0, 2, 0, 0], GROUPS)  # a swap that changed the token count
+    assert not D.aligned([0, 1], [6, 2], GROUPS)  # a difference outside the swap
+
+
+def _winobias(data_dir):
+    return D.SwapList.from_files([data_dir / "winobias" / "generalized_swaps.txt",
+                                  data_dir / "winobias" / "extra_gendered_words.txt"])
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("He said that she would call her mother.", "She said that he would call his father."),
+    ("HE is here; Her book is HIS.", "SHE is here; His book is HER."),
+    ("I told her that Mr. Smith met the king's wife", "I told him that Mrs. Smith met the queen's husband"),
+    ("the chemist met her. Then herself!", "the chemist met him. Then himself!"),
+    ("She'd thank (him) and the waiters, her uncle's friends", "He'd thank (her) and the waitresses, his aunt's friends"),
+    ("The theme: shepherds, hero, heroes, others", "The theme: shepherds, heroine, heroes, others"),  # no sub-words
+])
+def test_cda_swaps_known_sentences_with_case_and_punctuation(data_dir, text, want):
+    assert _winobias(data_dir).swap(text) == want
+
+
+def test_swap_lists_are_read_strictly_and_default_list_is_bundled(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("# pairs\nhe she\nking queen extra\n")
+    with pytest.raises(Exception, match=r"bad.txt:3: expected two words"):
+        D.read_pairs(bad)
+    default = D.SwapList.from_files([D.default_word_list()])
+    assert default.swap("His wife and her son") == "Her husband and his daughter"
+    assert default.mapping["she"] == "he" and default.mapping["hers"] == "his"
+
+
+def test_token_groups_from_the_real_tokenizer(data_dir, teacher_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    groups = D.token_groups(_winobias(data_dir).pairs, tok)
+    one = lambda s: tok.encode(s, add_special_tokens=False)[0]  # noqa: E731
+    assert groups.counterpart(one(" he"), one(" she")) and groups.counterpart(one("He"), one("She"))
+    assert groups.counterpart(one(" him"), one(" her")) and groups.counterpart(one(" his"), one(" her"))
+    assert not groups.counterpart(one(" him"), one(" his"))
+    assert one("HE") not in groups.ids  # "SHE" is two tokens: no token-level counterpart
+    assert len(set(groups.ids)) == len(groups.ids)
+    a = tok.encode("The doctor said that he would call his wife.", add_special_tokens=False)
+    b = tok.encode(_winobias(data_dir).swap("The doctor said that he would call his wife."), add_special_tokens=False)
+    assert D.aligned(a, b, groups) and sum(x != y for x, y in zip(a, b, strict=True)) == 3
+
+
+def test_pair_units_keep_each_sequence_beside_its_swap_in_a_batch():
+    from distill.data import Collator, Row, pair_units, with_counterfactuals
+
+    rows, partner = with_counterfactuals([Row(text="a he"), Row(text="b"), Row(text="c she")],
+                                         lambda t: t.replace("he", "XX") if "he" in t else t)
+    assert [r.text for r in rows] == ["a he", "b", "c she", "a XX", "c sXX"] and partner == [3, -1, 4, 0, 2]
+    examples = [{"input_ids": [i, i + 1], "labels": [L.IGNORE, i + 1], "idx": i, "row": i} for i in range(5)]
+    units = pair_units(examples, partner, lambda a, b: a[0] == 0)
+    assert [[ex["row"] for ex in u] for u in units] == [[0, 3], [1], [2, 4]]
+    batch = Collator(pad_id=0)(units)
+    assert batch["cf_partner"].tolist() == [1, 0, -1, 4, 3]
+    assert batch["cf_aligned"].tolist() == [True, True, False, False, False]
+    assert batch["input_ids"][:, 0].tolist() == [0, 3, 1, 2, 4]

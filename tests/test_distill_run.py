@@ -405,3 +405,78 @@ def test_tokenize_response_only_masks_prompt(tiny):
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert ex["labels"][:n_prompt] == [-100] * n_prompt
     assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:] and ex["input_ids"][-1] == tok.eos_token_id
+
+
+# ---------------------------------------------------------------- bias-aware distillation (issue 16)
+
+
+@pytest.mark.parametrize(("method", "extra"), [
+    ("soft", {}), ("hard", {}), ("co", {"burn_in": 0}), ("hard", {"hard_level": "sequence"}),
+])
+@pytest.mark.parametrize("debias", ["cda", "crr", "invariance"])
+def test_debias_composes_with_every_technique_and_is_on_the_card(tiny_model_dir, corpus, tmp_path, method, extra,
+                                                                   debias, data_dir):
+    from distill.api import run_distill
+
+    if debias == "crr" and extra.get("hard_level") == "sequence":
+        with pytest.raises(SpecError, match="debias.method 'crr'.*sequence-level"):
+            _spec(tiny_model_dir, corpus, tmp_path / "x", method=method, debias={"method": debias}, **extra)
+        return
+    lists = [str(data_dir / "winobias" / f) for f in ("generalized_swaps.txt", "extra_gendered_words.txt")]
+    sequence = extra.get("hard_level") == "sequence"
+    if sequence:  # the teacher writes the corpus from prompts, and answers the swapped prompts too
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("She said that\nThe doctor told him\nThe weather is\nMy uncle and his wife\n")
+        extra = dict(extra, prompts=str(prompts), gen_max_new_tokens=4)
+    spec = _spec(tiny_model_dir, "generate" if sequence else corpus, tmp_path / "d", method=method, max_steps=2, seq_len=24,
+                 debias={"method": debias, "word_lists": lists, "weight": 0.5}, **extra)
+    out = run_distill(spec, progress=False)
+    card = json.loads((out / "distill_card.json").read_text())
+    info = card["debias"]
+    assert info["method"] == debias and card["hyperparameters"]["debias"]["method"] == debias
+    assert [w["sha256"] for w in info["word_lists"]] == [
+        "4d093db96d4386318ec9aafc3cebc458ead06bb02ac81770e278905fbdd4341e",
+        "728554ebab711703e37dc92d9d14acde6e5bfcc28fa5b62b90b34110be7bd854"]
+    assert card["technique"].endswith({"cda": "+ CDA", "crr": "+ CDA + CRR",
+                                       "invariance": "+ CDA + counterfactual invariance"}[debias])
+    if sequence:  # 3 gendered prompts, each answered by the teacher as written and swapped
+        rows = [json.loads(x) for x in (out / "corpus.jsonl").read_text().splitlines()]
+        assert [r["prompt"] for r in rows[4:]] == ["He said that", "The doctor told her", "My aunt and her husband"]
+        assert info["n_pairs"] == 3 and info["n_sequences"] == 7
+    else:  # the corpus has 'she'/'he' in most rows: each trains beside its swap (one token each: aligned)
+        assert info["n_pairs"] > 10 and info["n_aligned_pairs"] == info["n_pairs"]
+        assert info["n_sequences"] == 48 + info["n_pairs"]
+    if debias == "invariance" and sequence:  # sampled answers to a prompt and its swap do not line up
+        assert info["n_aligned_pairs"] == 0 and all(e["loss_invariance"] == 0 for e in card["loss_curve"])
+    elif debias == "invariance":
+        key = "loss_student_invariance" if method == "co" else "loss_invariance"
+        assert all(e[key] >= 0 for e in card["loss_curve"]) and any(e[key] > 0 for e in card["loss_curve"])
+
+
+def test_debias_spec_errors_name_the_field(tmp_path):
+    with pytest.raises(SpecError) as exc:
+        DistillSpec.from_dict({"debias": {"method": "cdaa", "crr": "median", "weight": -1,
+                                          "word_lists": [str(tmp_path / "none.txt")], "wieght": 1}})
+    msg = str(exc.value)
+    assert "debias.method 'cdaa' is not one of cda, crr, invariance. Did you mean: cda?" in msg
+    assert "debias.wieght: not a field of debias" in msg and "Did you mean: weight?" in msg
+    with pytest.raises(SpecError) as exc:
+        DistillSpec.from_dict({"debias": {"method": "crr", "crr": "median", "weight": -1,
+                                          "word_lists": [str(tmp_path / "none.txt")]}, "cache": "c"})
+    msg = str(exc.value)
+    assert "debias.crr 'median' is not one of mean, max" in msg and "debias.weight must be >= 0, got -1.0" in msg
+    assert "none.txt does not exist" in msg and "remove 'cache'" in msg
+    assert DistillSpec.from_dict({"debias": "crr"}).debias.method == "crr"
+
+
+def test_debias_cli_flags_build_the_spec(tmp_path):
+    import argparse
+
+    from distill import cli
+
+    p = argparse.ArgumentParser()
+    cli._add_arguments(p)
+    args = p.parse_args(["--debias", "invariance", "--debias-weight", "0.3", "--debias-word-list", "a.txt,b.txt"])
+    d, _ = cli.spec_dict(args)
+    assert d["debias"] == {"method": "invariance", "weight": 0.3, "word_lists": ["a.txt", "b.txt"]}
+    assert "--debias" in p.format_help() and "cda" in p.format_help()
