@@ -11,7 +11,9 @@ APP = {"audit/cli.py", "audit/demo.py"}  # the app layer: may reach every packag
 ALLOWED = {  # package -> first-party modules it may import (prefix match), besides itself
     "probes": set(),
     "audit": {"probes"},
-    "distill": {"probes", "audit.models", "audit.errors"},
+    # audit.tasks: read only, by distill.eval_items, for the task items the corpus must not contain
+    # (its registry and data files; lm-eval is imported only inside run_tasks, which distill never calls)
+    "distill": {"probes", "audit.models", "audit.errors", "audit.tasks"},
     "reports": {"probes.files", "audit.gate", "audit.run_format", "audit.verdicts", "audit.errors"},
 }
 HEAVY = {"torch", "transformers"}  # never in reports: a report renders on any machine
