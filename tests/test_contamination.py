@@ -197,7 +197,7 @@ def test_distill_card_records_the_check(tiny_model_dir, tmp_path):
 def test_seed_prompts_share_no_13gram_with_any_probe_or_task(all_sets):
     index = CorpusIndex(_seed_prompts())
     results = {s.name: check(index, s) for s in all_sets}
-    assert (index.n_texts, index.n_words) == (64, 436)
+    assert (index.n_texts, index.n_words) == (64, 444)
     assert {k: r.overlapping for k, r in results.items() if r.overlapping} == {}
     assert {k: (r.items, r.checked) for k, r in results.items()} == {
         "bbq": (11956, 11956), "bold": (23674, 4310), "bundled": (736, 673), "crows_pairs": (1508, 1352),
@@ -210,3 +210,13 @@ def test_seed_prompts_share_no_8gram_with_any_probe_or_task(all_sets):
     index = CorpusIndex(_seed_prompts(), n=MIN_NGRAM, floor=MIN_NGRAM)
     overlaps = {s.name: r.examples for s in all_sets if (r := check(index, s)).overlapping}
     assert overlaps == {}
+
+
+def test_seed_prompts_name_no_bundled_probe_target():
+    rows = [json.loads(line) for line in
+            (Path(str(resources.files("probes.data") / "bundled_templates.jsonl"))).read_text().splitlines()]
+    targets = {" ".join(words(r["target"])) for r in rows}
+    assert len(targets) == 53 and {"nurse", "elderly", "wheelchair user", "low income"} <= targets
+    named = [(p, t) for p in _seed_prompts() for t in targets if f" {t} " in f" {' '.join(words(p))} "]
+    assert named == [], ("a seed prompt names a target of the bundled probe: the teacher's continuation would train "
+                         "the student on the very choice the probe scores; use another person or word")
