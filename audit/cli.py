@@ -27,8 +27,13 @@ def _audit_parser(sub: Any) -> None:
                    help="a student model directory (repeat for several)")
     p.add_argument("--probe", action="append", dest="probes", metavar="NAME", help="probe name (repeatable)")
     p.add_argument("--limit", type=int, help="items per group for every probe given with --probe (stratified, seeded)")
-    p.add_argument("--task", action="append", dest="tasks", metavar="NAME", help="task benchmark (repeatable)")
-    p.add_argument("--task-limit", type=int, dest="task_limit", help="first N items of every task")
+    p.add_argument("--task", action="append", dest="tasks", metavar="NAME",
+                   help="task benchmark: one of ours, a task in --include-path, or any lm-eval task or group "
+                   "(repeatable)")
+    p.add_argument("--task-limit", type=int, dest="task_limit",
+                   help="first N documents of every task (of each subtask of a group), as lm-eval's --limit")
+    p.add_argument("--include-path", action="append", dest="task_paths", metavar="DIR",
+                   help="a folder (or one file) of lm-eval task YAML, as lm-eval's --include_path (repeatable)")
     p.add_argument("--data-dir", dest="data_dir", help="folder with the datasets (e.g. ../shared/data)")
     p.add_argument("--out", help="run directory (run.json, items.jsonl)")
     p.add_argument("--seed", type=int)
@@ -50,8 +55,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from audit.harness import run_audit
     from audit.spec import AuditSpec
 
-    over: dict[str, Any] = {k: getattr(args, k) for k in ("teacher", "students", "tasks", "task_limit", "data_dir",
-                                                           "out", "seed", "n_boot", "tolerance", "alpha",
+    over: dict[str, Any] = {k: getattr(args, k) for k in ("teacher", "students", "tasks", "task_limit", "task_paths",
+                                                           "data_dir", "out", "seed", "n_boot", "tolerance", "alpha",
                                                            "correction", "backend", "batch_size",
                                                            "until_decided", "max_items")}
     if args.probes:
@@ -100,6 +105,8 @@ def _ls_parser(sub: Any) -> None:
     p = sub.add_parser("ls", help="list probes, tasks and distillation techniques")
     p.add_argument("what", nargs="?", choices=("probes", "tasks", "techniques"), help="what to list (default all)")
     p.add_argument("name", nargs="?", help="with 'probes': print that probe's full card")
+    p.add_argument("--include-path", action="append", dest="task_paths", metavar="DIR",
+                   help="with 'tasks': also list the lm-eval task YAML in DIR (repeatable)")
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
@@ -128,6 +135,13 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         print("tasks:")
         for name in available("tasks"):
             print(f"  {name:<20} {get('tasks', name).description}")
+        if getattr(args, "task_paths", None):
+            from audit.tasks import task_paths_index
+
+            for name, where in task_paths_index(args.task_paths).items():
+                print(f"  {name:<20} {where}")
+        print("  and any task, group or tag lm-eval knows (list them: lm_eval ls tasks); your own lm-eval task\n"
+              "  YAML: give its folder in task_paths (or --include-path) and its name in tasks (docs/tasks.md)")
     if args.what in (None, "techniques"):
         print("techniques:")  # registered by name under bequeath.techniques; loading one imports its package
         for name in available("techniques"):

@@ -223,6 +223,20 @@ def _locate(name: str, task_paths: tuple[str, ...]) -> tuple[str, Any, bool] | N
     return None
 
 
+def task_paths_index(task_paths: Sequence[str]) -> dict[str, str]:
+    """Each task, group and tag found in ``task_paths`` -> "<kind> (<its YAML file>)", sorted by name."""
+    paths = tuple(task_paths)
+    from lm_eval.tasks._index import TaskIndex
+
+    found = {}
+    for name, path in _yaml_files(paths).items():
+        found[name] = f"{TaskIndex.entry_from_path(Path(path)).kind.name.lower().replace('py_task', 'task')} ({path})"
+    if any(Path(p).is_dir() for p in paths):
+        for name, entry in task_manager(paths).task_index.items():
+            found[name] = f"{entry.kind.name.lower().replace('py_task', 'task')} ({entry.yaml_path})"
+    return dict(sorted(found.items()))
+
+
 def unknown_task(name: str, task_paths: Sequence[str] = ()) -> str | None:
     """None if ``name`` is ours, in ``task_paths`` or in lm-eval's catalogue; else the message."""
     paths = tuple(task_paths)
@@ -431,5 +445,5 @@ def run_tasks(lm: Any, entries: Sequence[TaskSpec | str], *, task_paths: Sequenc
 
 
 __all__ = ["TaskSpec", "LocalTask", "LOCAL_TASKS", "TaskResult", "ResolvedTask", "all_tasks", "task_data_file",
-           "local_config", "task_manager", "unknown_task", "resolve_task", "check_tasks", "default_metric",
+           "local_config", "task_manager", "task_paths_index", "unknown_task", "resolve_task", "check_tasks", "default_metric",
            "run_tasks", "as_spec", "LM_EVAL_SEEDS"]

@@ -177,3 +177,33 @@ def test_an_audit_scores_a_yaml_task_and_records_it(tiny_model_dir, tmp_path):
     assert sorted(scores) == ["0", "1", "2", "3", "4"]
     assert doc["scores"]["teacher"]["value"] == pytest.approx(sum(scores.values()) / 5)
     assert str((tmp_path / "t" / "toy_mc.jsonl").resolve()) in run["provenance"]["dataset_files"]
+
+
+def test_ls_tasks_lists_ours_and_task_paths_and_says_how_to_list_lm_eval(tmp_path, capsys):
+    from audit.cli import main
+
+    write_mc_task(tmp_path, "toy_a")
+    write_mc_task(tmp_path, "toy_b")
+    write_group(tmp_path, "toy_group", ["toy_a", "toy_b"])
+    assert main(["ls", "tasks", "--include-path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "bundled_qa" in out and "hellaswag_local" in out
+    assert f"toy_group            group ({tmp_path / 'toy_group.yaml'})" in out
+    assert f"toy_a                task ({tmp_path / 'toy_a.yaml'})" in out
+    assert "lm_eval ls tasks" in out
+    assert main(["ls", "tasks", "--include-path", str(tmp_path / "toy_b.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert f"toy_b                task ({tmp_path / 'toy_b.yaml'})" in out and "toy_a " not in out
+
+
+def test_the_audit_command_takes_include_path(tiny_model_dir, tmp_path, capsys):
+    from audit.cli import main
+
+    write_mc_task(tmp_path / "t", "toy_mc", n=4)
+    (tmp_path / "spec.yaml").write_text(f"probes: []\ncache: {tmp_path / 'cache'}\nn_boot: 200\n")
+    code = main(["audit", str(tmp_path / "spec.yaml"), "--teacher", str(tiny_model_dir), "--task", "toy_mc",
+                 "--include-path", str(tmp_path / "t"), "--out", str(tmp_path / "run")])
+    assert code == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["spec"]["task_paths"] == [str(tmp_path / "t")]
+    assert [(t["task"], t["metric"], t["n"]) for t in run["tasks"]] == [("toy_mc", "acc", 4)]
