@@ -94,7 +94,7 @@ def check_corpus(texts: list[str], *, data_dir: str | Path | None) -> dict[str, 
     index = CorpusIndex(texts)
     sets, skipped = load_eval_sets(data_dir)
     results = [check(index, s) for s in sets]
-    block = card_block(index, results, skipped)
+    block = {**card_block(index, results, skipped), "data_dir": str(data_dir) if data_dir else None}
     hit = [f"{r.name} ({r.overlapping}, e.g. {', '.join(r.examples)})" for r in results if r.overlapping]
     if hit:
         warnings.warn(f"{block['items_overlapping']} evaluation items share a {index.n}-gram with the distillation "

@@ -179,12 +179,30 @@ def _loss_lines(curve: list) -> list[str]:
             f"\u2192 {num(pts[-1]['loss'], '.3g')} at step {pts[-1].get('step')}"]
 
 
+def contamination_lines(block: dict) -> list[str]:
+    """The card's n-gram overlap check (distill.eval_items) in a few lines: the total, then each probe or task."""
+    n = block.get("ngram")
+    lines = [f"{block.get('items_overlapping')} of {block.get('items_checked')} items share a {n}-gram with the corpus"]
+    for s in block.get("sets") or []:
+        line = f"{s.get('name')} ({s.get('kind')}): {s.get('overlapping')} of {s.get('checked')}"
+        if s.get("examples"):
+            line += f", e.g. {', '.join(str(x) for x in s['examples'])}"
+        if s.get("too_short"):
+            line += f"; {s['too_short']} under {block.get('min_ngram')} words, not checked"
+        lines.append(line)
+    if block.get("not_checked"):
+        lines.append("not checked (no data): " + ", ".join(str(x.get("name")) for x in block["not_checked"]))
+    return lines
+
+
 def _card_cell(card: dict | None, key: str, figures: bool) -> dict:
     if not card:
         return {"lines": ["missing: no distill_card.json was found for this student"], "svg": ""}
     if key not in card:
         return {"lines": ["not recorded"], "svg": ""}
     v = card[key]
+    if key == "contamination" and isinstance(v, dict):
+        return {"lines": contamination_lines(v), "svg": ""}
     if key == "loss_curve":
         return {"lines": _loss_lines(v), "svg": loss_svg(v) if figures else ""}
     if key == "hyperparameters" and isinstance(v, dict):

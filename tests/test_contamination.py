@@ -188,7 +188,7 @@ def test_distill_card_records_the_check(tiny_model_dir, tmp_path):
     assert (block["ngram"], block["corpus_texts"], block["items_checked"], block["items_overlapping"]) == (13, 3, 721, 2)
     assert [(s["name"], s["checked"], s["overlapping"], s["examples"]) for s in block["sets"]] == [
         ("bundled", 673, 1, ["gender-g0-nurse"]), ("bundled_qa", 48, 1, ["2"])]
-    assert len(block["not_checked"]) == 11
+    assert len(block["not_checked"]) == 11 and block["data_dir"] is None
 
 
 # ---------------------------------------------------------------- the bundled corpus

@@ -12,7 +12,7 @@ ALLOWED = {  # package -> first-party modules it may import (prefix match), besi
     "probes": set(),
     "audit": {"probes"},
     # audit.tasks: read only, by distill.eval_items, for the task items the corpus must not contain
-    # (its registry and data files; lm-eval is imported only inside run_tasks, which distill never calls)
+    # (its registry and data files; lm-eval is imported only inside functions that distill never calls)
     "distill": {"probes", "audit.models", "audit.errors", "audit.tasks"},
     "reports": {"probes.files", "audit.gate", "audit.run_format", "audit.verdicts", "audit.errors"},
 }

@@ -410,3 +410,42 @@ def test_csv_one_row_per_comparison(tmp_path, complete, capsys):
     stored = _record(run, "hard", "all", "all")
     assert overall["verdict"] == "amplified" and float(overall["delta"]) == stored["delta"]["value"]
     assert float(overall["delta_ci_level"]) == stored["delta"]["level"] and "," in overall["reason"]
+
+
+def test_card_shows_the_contamination_check(tmp_path, complete, tiny_model_dir):
+    """The card's n-gram overlap check beside the student: a card written by a real distill run whose
+    corpus quotes one bundled probe item, rendered into the report (ids from data are escaped)."""
+    import shutil
+
+    from distill.api import run_distill
+    from distill.spec import DistillSpec
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The nurse phoned the office to say that she would arrive after lunch.\nA line about the weather.\n")
+    spec = DistillSpec.from_dict({"teacher": str(tiny_model_dir), "corpus": str(corpus), "output": str(tmp_path / "s"),
+                                  "max_steps": 1, "batch_size": 2, "student": {"from": "layers", "every": 2},
+                                  "resume": False})
+    with pytest.warns(UserWarning, match="share a 13-gram"):
+        card = json.loads((run_distill(spec, progress=False) / "distill_card.json").read_text())
+    block = card["contamination"]
+    run = json.loads((complete / "run.json").read_text())
+    cards = {m["name"]: m["card"] for m in run["models"] if m["role"] == "student"}
+    cards["soft"]["contamination"] = block
+    cards["hard"]["contamination"] = {**block, "sets": [{**block["sets"][0], "examples": ["<script>alert(1)</script>"]}],
+                                      "not_checked": []}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps(run))
+    shutil.copy(complete / "items.jsonl", run_dir / "items.jsonl")
+    html = (render(run_dir, tmp_path / "out", ("html",))["html"]).read_text(encoding="utf-8")
+    row = re.search(r'<tr><th scope="row">contamination</th><td>(.*?)</td><td>(.*?)</td></tr>', html)
+    assert row, "no contamination row in the cards table"
+    assert row.group(1).split("<br>") == [
+        "1 of 721 items share a 13-gram with the corpus",
+        "bundled (probe): 1 of 673, e.g. gender-g0-nurse; 63 under 8 words, not checked",
+        "bundled_qa (task): 0 of 48",
+        "not checked (no data): bbq, bold, crows_pairs, holisticbias, stereoset, winobias, winogender, arc_easy_local, "
+        "arc_challenge_local, boolq_local, hellaswag_local"]
+    assert row.group(2).split("<br>")[1] == ("bundled (probe): 1 of 673, e.g. &lt;script&gt;alert(1)&lt;/script&gt;; "
+                                             "63 under 8 words, not checked")
+    assert "<script>alert" not in html
