@@ -326,7 +326,10 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
     files = {f: h for pp in probes for f, h in pp.files.items()}
     for found in results.values():
         for key, val in found.items():
-            for f in (val.get("data_files") or []) if key.startswith("task:") else []:
+            if not key.startswith("task:"):
+                continue
+            legacy = [val["data_file"]] if val.get("data_file") else []  # the earlier row shape (make_run.py)
+            for f in val.get("data_files") or legacy:
                 files.setdefault(f, sha256_file(Path(f)))
     complete = not errors and len(results) == 1 + len(spec.students)
     return {

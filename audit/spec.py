@@ -48,6 +48,10 @@ class AuditSpec:
     allow_skip: bool = False
     cache: str | None = None  # results cache directory; default $BEQUEATH_CACHE/results
 
+    def __post_init__(self) -> None:  # code may give tasks as names, task_paths as a list
+        object.__setattr__(self, "tasks", tuple(TaskSpec(name=t) if isinstance(t, str) else t for t in self.tasks))
+        object.__setattr__(self, "task_paths", tuple(self.task_paths))
+
     def to_dict(self) -> dict[str, Any]:
         d = json.loads(json.dumps(asdict(self), default=str))
         # a task without a chosen metric is written as its name, as users write it (and as before)

@@ -63,6 +63,18 @@ class TaskSpec:
     name: str
     metric: str | None = None
 
+    # An entry written as a bare name is that name: it equals the string (code that compares a spec's
+    # tasks with names, as before entries could carry a metric, keeps working).
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return self.metric is None and self.name == other
+        if isinstance(other, TaskSpec):
+            return (self.name, self.metric) == (other.name, other.metric)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name) if self.metric is None else hash((self.name, self.metric))
+
 
 @dataclass(frozen=True, kw_only=True)
 class LocalTask:
@@ -390,6 +402,14 @@ def as_spec(entry: TaskSpec | str) -> TaskSpec:
     return entry if isinstance(entry, TaskSpec) else TaskSpec(name=entry)
 
 
+def task_data_files(entry: TaskSpec | str, *, task_paths: Sequence[str] = (),
+                    data_dir: str | Path | None = None) -> tuple[str, ...]:
+    """The local data files a task reads (ours: its file; a YAML task: its ``data_files``; a hub dataset:
+    none), as recorded in provenance.dataset_files. Loads the task (cached per process)."""
+    return resolve_task(as_spec(entry), task_paths=tuple(task_paths),
+                        data_dir=str(data_dir) if data_dir else None).data_files
+
+
 def check_tasks(entries: Sequence[TaskSpec | str], *, task_paths: Sequence[str] = (),
                 data_dir: str | Path | None = None) -> list[str]:
     """Every task's problems (for the preflight): each is resolved and loaded, nothing is scored."""
@@ -445,5 +465,5 @@ def run_tasks(lm: Any, entries: Sequence[TaskSpec | str], *, task_paths: Sequenc
 
 
 __all__ = ["TaskSpec", "LocalTask", "LOCAL_TASKS", "TaskResult", "ResolvedTask", "all_tasks", "task_data_file",
-           "local_config", "task_manager", "task_paths_index", "unknown_task", "resolve_task", "check_tasks", "default_metric",
+           "local_config", "task_manager", "task_paths_index", "unknown_task", "resolve_task", "task_data_files", "check_tasks", "default_metric",
            "run_tasks", "as_spec", "LM_EVAL_SEEDS"]
