@@ -32,6 +32,9 @@ def _audit_parser(sub: Any) -> None:
                    "(repeatable)")
     p.add_argument("--task-limit", type=int, dest="task_limit",
                    help="first N documents of every task (of each subtask of a group), as lm-eval's --limit")
+    p.add_argument("--task-sampling", choices=("first", "random"), dest="task_sampling",
+                   help="with --task-limit: the first N documents (default, as lm-eval's --limit) or a seeded "
+                   "random N per task (per subtask of a group)")
     p.add_argument("--include-path", action="append", dest="task_paths", metavar="DIR",
                    help="a folder (or one file) of lm-eval task YAML, as lm-eval's --include_path (repeatable)")
     p.add_argument("--data-dir", dest="data_dir", help="folder with the datasets (e.g. ../shared/data)")
@@ -56,8 +59,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from audit.spec import AuditSpec
 
     over: dict[str, Any] = {k: getattr(args, k) for k in ("teacher", "students", "tasks", "task_limit", "task_paths",
-                                                           "data_dir", "out", "seed", "n_boot", "tolerance", "alpha",
-                                                           "correction", "backend", "batch_size",
+                                                           "task_sampling", "data_dir", "out", "seed", "n_boot",
+                                                           "tolerance", "alpha", "correction", "backend", "batch_size",
                                                            "until_decided", "max_items")}
     if args.probes:
         over["probes"] = [{"name": p, **({"limit": args.limit} if args.limit else {})} for p in args.probes]

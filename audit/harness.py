@@ -103,11 +103,14 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
         try:
             # resolved and loaded once per process (the preflight did it): config and data fingerprint
             res = resolve_task(entry, task_paths=spec.task_paths, data_dir=data_dir)
+            random = spec.task_limit and spec.task_sampling == "random"
             key = {"model": loaded.content_hash, "dtype": loaded.ref.dtype, "task": task, "version": "2",
-                   "metric": res.metric, "filter": res.filter, "limit": spec.task_limit, "data": res.fingerprint}
+                   "metric": res.metric, "filter": res.filter, "limit": spec.task_limit, "data": res.fingerprint,
+                   **({"sampling": "random", "seed": spec.seed} if random else {})}
 
             def compute_task(_: list[int], entry=entry) -> list[dict]:
-                (r,) = run_tasks(lm, [entry], task_paths=spec.task_paths, data_dir=data_dir, limit=spec.task_limit)
+                (r,) = run_tasks(lm, [entry], task_paths=spec.task_paths, data_dir=data_dir, limit=spec.task_limit,
+                                 sampling=spec.task_sampling, seed=spec.seed)
                 if r.error:
                     raise BequeathError(r.error)
                 return [{"item": r.task, "metric": r.metric, "data_files": list(r.data_files), "scores": r.scores,

@@ -13,7 +13,7 @@ import yaml
 
 from audit.errors import SpecError, did_you_mean, shown, yaml_location
 from audit.models import ModelRef
-from audit.tasks import TaskSpec
+from audit.tasks import SAMPLING, TaskSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +31,7 @@ class AuditSpec:
     tasks: tuple[TaskSpec, ...] = (TaskSpec(name="bundled_qa"),)
     task_limit: int | None = None  # lm-eval's --limit: the first N documents of each task (each subtask of a group)
     task_paths: tuple[str, ...] = ()  # lm-eval task YAML files or folders (lm-eval's --include_path)
+    task_sampling: str = "first"  # with task_limit: "first" (lm-eval's --limit) or "random" (seeded, per subtask)
     data_dir: str | None = None
     out: str = "bequeath-out/audit"
     seed: int = 0
@@ -123,6 +124,13 @@ class AuditSpec:
         kw["probes"] = tuple(_probe_specs(raw.get("probes", ["bundled"]), errors))
         kw["task_paths"] = _task_paths(raw.get("task_paths"), errors)
         kw["tasks"] = tuple(_task_specs(raw.get("tasks", ["bundled_qa"]), errors))
+        if raw.get("task_sampling") is not None:
+            if raw["task_sampling"] not in SAMPLING:
+                errors.append(f"task_sampling: expected one of {', '.join(SAMPLING)} (with task_limit: the first N "
+                              f"documents, as lm-eval's --limit, or a seeded random N per task), got "
+                              f"{shown(raw['task_sampling'])}.{did_you_mean(raw['task_sampling'], SAMPLING)}")
+            else:
+                kw["task_sampling"] = raw["task_sampling"]
         # strict types: a count is a whole number (true/1.5/"3" are refused), a rate a number
         for name, lo in (("task_limit", 1), ("seed", 0), ("n_boot", 1), ("min_items", 1), ("min_clusters", 1),
                          ("n_perm", 1), ("max_items", 1), ("batch_size", 1)):

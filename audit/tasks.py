@@ -148,6 +148,7 @@ class ResolvedTask:
     source: str  # "bequeath", a YAML path, or "lm-eval"
     load_as: Any  # what TaskManager.load gets: a name, a YAML path, or (ours) an inline config dict
     leaves: tuple[str, ...]  # leaf task names (one for a plain task)
+    n_docs: tuple[int, ...]  # each leaf's evaluation documents
     is_group: bool
     weight_by_size: bool | None  # a group's aggregation of the metric (None: no lm-eval aggregate)
     defaults: bool  # needs lm-eval's default index
@@ -392,10 +393,11 @@ def resolve_task(spec: TaskSpec, *, task_paths: tuple[str, ...] = (), data_dir: 
     if group is not None and group.aggregate_metric_list:
         weight = next((a.weight_by_size for a in group.aggregate_metric_list if a.metric == metric), None)
     leaves = tuple(loaded["tasks"])
+    n_docs = tuple(len(t.eval_docs) for t in loaded["tasks"].values())
     files = tuple(sorted({f for t in loaded["tasks"].values() for f in _local_files(t)}))
     return ResolvedTask(name=spec.name, metric=metric, filter=filt, source=source, load_as=load_as, leaves=leaves,
                         is_group=leaves != (spec.name,), weight_by_size=weight, defaults=defaults,
-                        data_files=files, fingerprint=_fingerprint(loaded["tasks"]))
+                        n_docs=n_docs, data_files=files, fingerprint=_fingerprint(loaded["tasks"]))
 
 
 def as_spec(entry: TaskSpec | str) -> TaskSpec:
@@ -436,18 +438,41 @@ def _item_scores(resolved: ResolvedTask, samples: dict[str, list[dict]]) -> dict
     return scores
 
 
+SAMPLING = ("first", "random")
+
+
+def sampled_docs(resolved: ResolvedTask, limit: int, seed: int) -> dict[str, list[int]]:
+    """The ``random`` sampling: ``limit`` documents of each leaf (a group is stratified by subtask),
+    drawn with ``seed``, as lm-eval's ``samples`` argument (``lm_eval --samples`` takes the same JSON)."""
+    import numpy as np
+
+    out = {}
+    for i, (leaf, n) in enumerate(zip(resolved.leaves, resolved.n_docs, strict=True)):
+        rng = np.random.default_rng([seed, i])
+        out[leaf] = sorted(int(d) for d in rng.choice(n, size=min(limit, n), replace=False))
+    return out
+
+
 def run_tasks(lm: Any, entries: Sequence[TaskSpec | str], *, task_paths: Sequence[str] = (),
-              data_dir: Path | str | None = None, limit: int | None = None) -> list[TaskResult]:
+              data_dir: Path | str | None = None, limit: int | None = None, sampling: str = "first",
+              seed: int = 0) -> list[TaskResult]:
     """Score ``entries`` on ``lm`` with ``lm_eval.simple_evaluate`` (lm-eval builds the requests and the
-    metrics; ``limit`` is its ``--limit``); per-item scores come from its logged samples."""
+    metrics); per-item scores come from its logged samples. ``limit`` with ``sampling="first"`` is
+    lm-eval's ``--limit`` (the first documents); with ``"random"``, a seeded sample of ``limit``
+    documents per task (per subtask of a group), passed as lm-eval's ``samples``."""
     from lm_eval import simple_evaluate
 
     specs = [as_spec(e) for e in entries]
     paths = tuple(task_paths)
     resolved = [resolve_task(s, task_paths=paths, data_dir=str(data_dir) if data_dir else None) for s in specs]
     tm = task_manager(paths, defaults=any(r.defaults for r in resolved))
+    if sampling not in SAMPLING:
+        raise SpecError(f"task sampling: expected one of {', '.join(SAMPLING)}, got {sampling!r}")
+    docs = None
+    if limit and sampling == "random":
+        docs = {leaf: ids for r in resolved for leaf, ids in sampled_docs(r, limit, seed).items()}
     out = simple_evaluate(model=lm, tasks=[r.load_as for r in resolved], task_manager=tm, log_samples=True,
-                          limit=limit, bootstrap_iters=0, **LM_EVAL_SEEDS)
+                          limit=None if docs else limit, samples=docs, bootstrap_iters=0, **LM_EVAL_SEEDS)
     results = []
     for r in resolved:
         key = f"{r.metric},{r.filter}"
@@ -466,4 +491,4 @@ def run_tasks(lm: Any, entries: Sequence[TaskSpec | str], *, task_paths: Sequenc
 
 __all__ = ["TaskSpec", "LocalTask", "LOCAL_TASKS", "TaskResult", "ResolvedTask", "all_tasks", "task_data_file",
            "local_config", "task_manager", "task_paths_index", "unknown_task", "resolve_task", "task_data_files", "check_tasks", "default_metric",
-           "run_tasks", "as_spec", "LM_EVAL_SEEDS"]
+           "run_tasks", "sampled_docs", "SAMPLING", "as_spec", "LM_EVAL_SEEDS"]

@@ -207,3 +207,24 @@ def test_the_audit_command_takes_include_path(tiny_model_dir, tmp_path, capsys):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["spec"]["task_paths"] == [str(tmp_path / "t")]
     assert [(t["task"], t["metric"], t["n"]) for t in run["tasks"]] == [("toy_mc", "acc", 4)]
+
+
+def test_a_seeded_random_sample_is_stratified_by_subtask_and_passed_to_lm_eval(tiny, tmp_path):
+    from audit.tasks import sampled_docs
+
+    folder = tmp_path / "g"
+    write_mc_task(folder, "toy_a", n=12)
+    write_mc_task(folder, "toy_b", n=3)
+    write_group(folder, "toy_group", ["toy_a", "toy_b"])
+    res = resolve_task(TaskSpec(name="toy_group"), task_paths=(str(folder),))
+    assert res.leaves == ("toy_a", "toy_b") and res.n_docs == (12, 3)
+    picked = sampled_docs(res, 4, seed=7)
+    assert len(picked["toy_a"]) == 4 and picked["toy_b"] == [0, 1, 2]  # at most 4 from each subtask
+    assert picked == sampled_docs(res, 4, seed=7) and picked["toy_a"] != sampled_docs(res, 4, seed=8)["toy_a"]
+    lm = make_lm(tiny, backend="engine")
+    (r,) = run_tasks(lm, ["toy_group"], task_paths=[str(folder)], limit=4, sampling="random", seed=7)
+    assert sorted(r.scores) == sorted([f"toy_a/{d}" for d in picked["toy_a"]] + ["toy_b/0", "toy_b/1", "toy_b/2"])
+    assert r.subtasks["toy_a"]["n"] == 4
+    with pytest.raises(SpecError, match="task_sampling: expected one of first, random"):
+        AuditSpec.from_dict({"task_sampling": "stratifed"})
+    assert AuditSpec.from_dict({"task_sampling": "random", "task_limit": 5}).task_sampling == "random"
