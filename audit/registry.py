@@ -3,7 +3,10 @@
 Each kind has its built-ins and an entry-point group, ``bequeath.<kind>``, for plugins:
 
 - probes: ``probes.registry`` (built-ins and ``bequeath.probes``);
-- tasks: ``audit.tasks.all_tasks()`` (``LOCAL_TASKS`` and ``bequeath.tasks``, each a ``LocalTask``);
+- tasks: ``audit.tasks.all_tasks()`` (``LOCAL_TASKS`` and ``bequeath.tasks``, each a ``LocalTask``).
+  These are bequeath's own; a spec's ``tasks:`` also takes any name lm-eval knows or finds in
+  ``task_paths``, resolved by ``audit.tasks`` with lm-eval's ``TaskManager`` (not listed here: lm-eval's
+  catalogue has ~14k names and costs 10 s to index; ``lm_eval ls tasks`` lists it);
 - techniques: ``bequeath.techniques`` only. ``distill`` registers its methods there by name in
   pyproject.toml, so listing them reads installed metadata and never imports ``distill``
   (audit sits below distill); ``get`` loads the entry point, as for any plugin.
