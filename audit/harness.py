@@ -167,16 +167,29 @@ def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) ->
     return out, (0 if run["status"] == "complete" else 2)
 
 
-def write_run(out: Path, run: dict[str, Any], rows: list[dict]) -> None:
-    """items.jsonl, then run.json with the items' sha256 (the gate refuses a run whose items changed).
+def write_run(out: Path, run: dict[str, Any], rows: list[dict], *, signing_key: bytes | None = None) -> None:
+    """items.jsonl, then run.json with the items' sha256 and, last, its ``integrity`` block: the sha256
+    of run.json's canonical JSON (every field, items_sha256 included) and, with a signing key
+    (``signing_key``, else ``$BEQUEATH_SIGNING_KEY``), its HMAC-SHA256 (see audit.run_format). The gate
+    refuses a run whose items or run.json changed after this.
 
-    The document is checked against the typed run format first, so what is written always reads back."""
-    from audit.run_format import AuditRun
+    The whole document is checked against the typed run format first, so what is written always reads
+    back; nothing is written when it does not conform."""
+    from audit.run_format import AuditRun, integrity_of
+    from audit.run_format import signing_key as key_from_env
 
-    AuditRun.from_json(json.loads(json.dumps(run, default=_json_default)))
+    key = signing_key if signing_key is not None else key_from_env()
+    items_text = "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows)  # what write_jsonl writes
+    doc = json.loads(json.dumps(run, default=_json_default))
+    doc.pop("integrity", None)
+    doc["items_sha256"] = hashlib.sha256(items_text.encode("utf-8")).hexdigest()
+    doc["integrity"] = integrity_of(doc, key)
+    AuditRun.from_json(doc)
     write_jsonl(out / "items.jsonl", rows)
-    run["items_sha256"] = sha256_file(out / "items.jsonl")
-    write_atomic(out / "run.json", json.dumps(run, indent=1, allow_nan=False, default=_json_default))
+    if sha256_file(out / "items.jsonl") != doc["items_sha256"]:
+        raise BequeathError(f"{out / 'items.jsonl'}: changed while the run was written; re-run the audit")
+    run["items_sha256"], run["integrity"] = doc["items_sha256"], doc["integrity"]
+    write_atomic(out / "run.json", json.dumps(doc, indent=1, allow_nan=False))
 
 
 def preflight(spec: AuditSpec) -> None:

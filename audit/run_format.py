@@ -13,7 +13,11 @@ errors for all of them. Stdlib only.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import math
+import os
 import types
 import typing
 from dataclasses import MISSING, dataclass, fields, is_dataclass
@@ -316,11 +320,40 @@ class RunError(_Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Provenance(_Record):
+    """Where and how the run was made: the machine's versions (null: not installed), the seed, the
+    spec's sha256 (``AuditSpec.spec_hash``) and the sha256 of every data file read (path -> sha256)."""
+
+    python: str
+    platform: str
+    torch: str | None
+    transformers: str | None
+    lm_eval: str | None
+    fairlearn: str | None
+    bequeath: str | None
+    git: str | None
+    seed: int
+    spec_hash: str
+    dataset_files: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Integrity(_Record):
+    """``sha256``: of the canonical JSON of run.json without this block (``canonical``), so every field,
+    items_sha256 included, is covered; ``hmac_sha256``: the same bytes keyed with the signing key
+    (``BEQUEATH_SIGNING_KEY``), null when the run was not signed. The plain digest catches an edit by
+    someone who does not recompute it; only the signature catches one by someone who does."""
+
+    sha256: str
+    hmac_sha256: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class AuditRun(_Record):
     schema_version: int
     status: Literal["complete", "partial"]
     created: str
-    provenance: dict[str, Any]
+    provenance: Provenance
     settings: RunSettings
     spec: dict[str, Any]
     models: list[ModelEntry]
@@ -328,11 +361,64 @@ class AuditRun(_Record):
     probes: list[ProbeResult]
     comparisons: list[Comparison]
     errors: list[RunError]
+    integrity: Integrity  # set by audit.harness.write_run, last (see Integrity)
     items_sha256: str | None = None  # set by audit.harness.write_run; the gate requires it
 
 
-RECORDS = (AuditRun, RunSettings, Look, ModelEntry, ProbeResult, ProbeModel, TaskResult, Score, Comparison,
+SIGNING_KEY_ENV = "BEQUEATH_SIGNING_KEY"
+
+
+def signing_key(environ: Any = None) -> bytes | None:
+    """The run-signing key from ``BEQUEATH_SIGNING_KEY`` (its UTF-8 bytes), or None when unset or empty."""
+    value = (os.environ if environ is None else environ).get(SIGNING_KEY_ENV)
+    return value.encode("utf-8") if value else None
+
+
+def canonical(doc: dict) -> bytes:
+    """The bytes the integrity block covers: run.json without ``integrity``, keys sorted, no spaces,
+    ASCII only. A re-serialisation of the same document (another layout or key order) gives the same
+    bytes; any change of a value, key or list order gives others."""
+    body = {k: v for k, v in doc.items() if k != "integrity"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode("ascii")
+
+
+def integrity_of(doc: dict, key: bytes | None = None) -> dict[str, str | None]:
+    """The ``integrity`` block of ``doc`` (see ``Integrity``); signed when ``key`` is given."""
+    data = canonical(doc)
+    return {"sha256": hashlib.sha256(data).hexdigest(),
+            "hmac_sha256": hmac.new(key, data, hashlib.sha256).hexdigest() if key else None}
+
+
+def integrity_problems(doc: dict, key: bytes | None, *, require_signature: bool = False) -> tuple[list[str], str]:
+    """(problems, what was verified: "digest", "digest, signature unchecked" or "digest and signature")
+    of ``doc``'s integrity block. With a key the run must be signed by
+    it (a run stripped of its signature is refused); without one a signature cannot be checked, and
+    ``require_signature`` refuses the run."""
+    block = doc.get("integrity")
+    if not isinstance(block, dict) or not isinstance(block.get("sha256"), str):
+        return ["run.json has no integrity block: it was not written by this bequeath (or it was removed); "
+                "re-run the audit"], ""
+    want = integrity_of(doc, key)
+    if not hmac.compare_digest(block["sha256"].encode("utf-8"), want["sha256"].encode("ascii")):
+        return [f"integrity.sha256 {block['sha256'][:12]}... is not the digest of run.json "
+                f"({want['sha256'][:12]}...): run.json was changed after the audit; re-run it"], ""
+    signature = block.get("hmac_sha256")
+    if key is None:
+        if require_signature:
+            return [f"a signed run is required but no key is set: set {SIGNING_KEY_ENV} to the key the audit "
+                    "signed with"], ""
+        return [], "digest, signature unchecked" if signature else "digest"
+    if not isinstance(signature, str):
+        return [f"run.json is not signed, and {SIGNING_KEY_ENV} is set: runs must be signed with it; re-run the "
+                "audit with the key set"], ""
+    if not hmac.compare_digest(signature.encode("utf-8"), want["hmac_sha256"].encode("ascii")):
+        return ["integrity.hmac_sha256 does not match: run.json was changed after the audit, or signed with "
+                "another key"], ""
+    return [], "digest and signature"
+
+
+RECORDS = (AuditRun, Provenance, Integrity, RunSettings, Look, ModelEntry, ProbeResult, ProbeModel, TaskResult, Score, Comparison,
            ModelSide, Delta, McNemar, Evidence, Quality, Power, RunError)
 
-__all__ = ["AuditRun", "Comparison", "ModelSide", "Delta", "TaskResult", "ProbeResult", "ModelEntry",
+__all__ = ["AuditRun", "Provenance", "Integrity", "canonical", "integrity_of", "integrity_problems", "signing_key", "Comparison", "ModelSide", "Delta", "TaskResult", "ProbeResult", "ModelEntry",
            "RunSettings", "RunFormatError", "RECORDS"]

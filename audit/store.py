@@ -20,7 +20,7 @@ from typing import Any
 from audit.errors import RunDirError
 from probes.files import write_atomic
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: provenance typed, an integrity block (sha256 and optional HMAC) over run.json
 CACHE_FORMAT = 3  # 3: chunks carry their key and rows sha256; 2: bare lists keyed by item id; 1: by position
 
 

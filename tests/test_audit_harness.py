@@ -35,7 +35,7 @@ def test_audit_run_is_paired_complete_and_cached(tmp_path, tiny_model_dir, stude
     out, code = run_audit(spec, progress=False)
     assert code == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["schema_version"] == 2 and run["status"] == "complete"
+    assert run["schema_version"] == 3 and run["status"] == "complete"
     assert [m["role"] for m in run["models"]] == ["teacher", "student"]
     assert run["models"][1]["notes"] == ["no distill_card.json next to this model: how it was made is unknown"]
     assert run["provenance"]["spec_hash"] == spec.spec_hash()

@@ -88,9 +88,10 @@ def write_run(folder: Path, run: dict) -> Path:
 # ---------------------------------------------------------------- the fixture run itself
 
 
-def test_the_fixture_is_a_real_schema_2_run(stored):
+def test_the_fixture_is_a_real_schema_3_run(stored):
     run = stored["complete"]
-    assert run["schema_version"] == 2 and run["status"] == "complete" and run["errors"] == []
+    assert run["schema_version"] == 3 and run["status"] == "complete" and run["errors"] == []
+    assert run["integrity"]["hmac_sha256"] is None and len(run["integrity"]["sha256"]) == 64  # unsigned
     assert [m["name"] for m in run["models"]] == ["teacher", SOFT, HARD]
     (probe,) = run["probes"]
     assert (probe["probe"], probe["n_total"], probe["group_keys"]) == ("bundled", 736, ["bias_type", "subgroup"])
@@ -132,6 +133,7 @@ def test_regenerating_gives_the_same_run(tmp_path, audit_runs, stored, make_run_
     for doc in (new, old):
         doc.pop("created")
         doc["spec"].pop("out")
+        doc.pop("integrity")  # over created and spec.out
     assert new == old
 
 
@@ -443,9 +445,14 @@ def test_schema_1_run_is_refused_with_a_re_run_hint(tmp_path, run, capsys):
     with pytest.raises(RunDirError) as exc:
         load_run_json(folder)
     msg = str(exc.value)
-    assert "schema_version: expected 2, got 1" in msg and "re-run the audit" in msg
+    assert "schema_version: expected 3, got 1" in msg and "re-run the audit" in msg
     assert _cli("gate", str(folder)) == 2
-    assert "schema_version: expected 2, got 1" in capsys.readouterr().err
+    assert "schema_version: expected 3, got 1" in capsys.readouterr().err
+    run["schema_version"] = 2
+    write_run(folder, run)
+    with pytest.raises(RunDirError, match=r"schema_version: expected 3, got 2\. Runs of schema 2 carry no "
+                       r"integrity block.*re-run the audit"):
+        load_run_json(folder)
     (folder / "run.json").write_text("{not json")
     with pytest.raises(RunDirError, match="not valid JSON"):
         load_run_json(folder)
@@ -535,3 +542,183 @@ def test_a_missing_or_garbage_items_file_is_exit_2_with_a_message(tmp_path, audi
     damage(folder)
     assert _cli("gate", str(folder), "--policy", str(_no_fail_policy(tmp_path))) == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- issue 15: tampered or incomplete runs
+
+
+def _redigest(folder: Path) -> None:
+    """run.json's integrity digest recomputed (audit.run_format.integrity_of), as an editor who knows the
+    format would: what catches the edit is then the gate's own checks, not the digest."""
+    from audit.run_format import integrity_of
+
+    doc = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    doc["integrity"] = integrity_of(doc)
+    (folder / "run.json").write_text(json.dumps(doc), encoding="utf-8")
+
+
+def _edit(fn):
+    def apply(folder: Path) -> None:
+        doc = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        fn(doc)
+        (folder / "run.json").write_text(json.dumps(doc), encoding="utf-8")
+    return apply
+
+
+def _drop_student(run: dict, name: str) -> None:
+    """A student removed from everywhere run.json names it (its rows stay in items.jsonl)."""
+    from audit.gate import spec_hash_of
+
+    run["models"] = [m for m in run["models"] if m["name"] != name]
+    run["spec"]["students"] = [s for s in run["spec"]["students"] if s["name"] != name]
+    run["provenance"]["spec_hash"] = spec_hash_of(run["spec"])
+    run["comparisons"] = [c for c in run["comparisons"] if c["student_name"] != name]
+    for p in run["probes"]:
+        p["models"].pop(name)
+        p["breakdown"].pop(name, None)
+    for t in run["tasks"]:
+        t["scores"].pop(name)
+        t["retention"].pop(name)
+
+
+def _all_verdicts(run: dict, verdict: str) -> None:
+    for c in run["comparisons"]:
+        c["verdict"] = verdict
+
+
+TAMPERED = [  # (id, edit of the run folder, what the gate must say): issue 15's "gate exits 0 on 15 runs"
+    ("status-partial", _edit(lambda r: r.update(status="partial")), "run status is 'partial', not 'complete'"),
+    ("status-running", _edit(lambda r: r.update(status="running")), "status: expected one of 'complete', 'partial'"),
+    ("status-removed", _edit(lambda r: r.pop("status")), "status: missing"),
+    ("comparisons-removed", _edit(lambda r: r.update(comparisons=[])), "missing from run.json"),
+    ("a-comparison-removed", _edit(lambda r: r["comparisons"].pop(0)), "missing from run.json"),
+    ("a-students-comparisons-removed", _edit(lambda r: r.update(
+        comparisons=[c for c in r["comparisons"] if c["student_name"] != HARD])), "hard/bundled/pct_stereotype/all/all: missing"),
+    ("a-student-removed-from-models", _edit(lambda r: r["models"].pop(2)), "a row for hard/bundled, which this run does not hold"),
+    ("a-student-removed-everywhere", _edit(lambda r: _drop_student(r, HARD)), "a row for hard/bundled, which this run does not hold"),
+    ("a-verdict-not-detected", _edit(lambda r: cell(r, HARD, "overall").update(verdict="not detected")),
+     "stored verdict 'not detected' is not what its own numbers give ('amplified')"),
+    ("every-verdict-not-detected", _edit(lambda r: _all_verdicts(r, "not detected")),
+     "stored verdict 'not detected' is not what its own numbers give"),
+    ("an-unknown-verdict", _edit(lambda r: cell(r, SOFT, "overall").update(verdict="fine")), "verdict: expected one of"),
+    ("an-empty-verdict", _edit(lambda r: cell(r, SOFT, "overall").update(verdict="")), "verdict: expected one of"),
+    ("items-missing", lambda f: (f / "items.jsonl").unlink(), "items.jsonl: not found"),
+    ("items-not-json", lambda f: (f / "items.jsonl").write_text("{not json\n"), "items.jsonl:1: not valid JSON"),
+    ("items-not-utf8", lambda f: (f / "items.jsonl").write_bytes(b"\xff\xfe garbage\n"), "not UTF-8"),
+]
+
+
+@pytest.mark.parametrize("damage, says", [pytest.param(d, s, id=i) for i, d, s in TAMPERED])
+@pytest.mark.parametrize("redigest", [False, True], ids=["as-edited", "digest-re-recorded"])
+def test_a_tampered_or_incomplete_run_exits_2_saying_why(tmp_path, audit_runs, capsys, monkeypatch, damage, says,
+                                                          redigest):
+    """Issue 15's 15 runs the gate passed: each exits 2 naming what is wrong, both when the editor left
+    the integrity digest as it was (the digest says so) and when it recomputed it (the gate's own checks
+    say what); the passing policy is used so that only the tampering can stop the run."""
+    monkeypatch.delenv("BEQUEATH_SIGNING_KEY", raising=False)
+    folder = _copy_run(audit_runs["complete"], tmp_path / "tampered")
+    damage(folder)
+    if redigest:
+        _redigest(folder)
+    assert _cli("gate", str(folder), "--policy", str(_no_fail_policy(tmp_path))) == 2
+    got = capsys.readouterr()
+    text = got.out + got.err
+    assert says in text or (not redigest and "is not the digest of run.json" in text), text[-3000:]
+
+
+def test_an_untouched_run_passes_and_a_re_serialised_one_too(tmp_path, audit_runs, monkeypatch):
+    """The digest is over the canonical JSON: the same document laid out otherwise still verifies."""
+    monkeypatch.delenv("BEQUEATH_SIGNING_KEY", raising=False)
+    folder = _copy_run(audit_runs["complete"], tmp_path / "layout")
+    doc = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    (folder / "run.json").write_text(json.dumps(dict(reversed(list(doc.items()))), indent=4), encoding="utf-8")
+    code, checks = _gate_json(tmp_path, folder)
+    assert code == 0
+    assert checks["run.json integrity"]["status"] == "pass"
+    assert checks["run.json integrity"]["reason"].startswith("digest of run.json verified; the run is not signed")
+    assert checks["probe bundled rows re-derived"]["status"] == "pass"
+    assert checks["dataset files"]["status"] == "pass"
+
+
+def test_a_changed_run_json_is_caught_by_its_digest(tmp_path, audit_runs, monkeypatch):
+    monkeypatch.delenv("BEQUEATH_SIGNING_KEY", raising=False)
+    folder = _copy_run(audit_runs["complete"], tmp_path / "edited")
+    _edit(lambda r: r["models"][1].update(source="another/model"))(folder)
+    code, checks = _gate_json(tmp_path, folder)
+    assert code == 2
+    assert checks["run.json integrity"]["status"] == "error"
+    assert "is not the digest of run.json" in checks["run.json integrity"]["reason"]
+
+
+@pytest.fixture(scope="module")
+def signed_run(make_run_module, tmp_path_factory) -> Path:
+    """The fixture run, signed by write_run with the key b"gate-test-key"."""
+    return make_run_module.make_run(tmp_path_factory.mktemp("signed") / "run", signing_key=b"gate-test-key")
+
+
+def test_a_signed_run_is_verified_with_its_key(tmp_path, signed_run, monkeypatch):
+    doc = json.loads((signed_run / "run.json").read_text(encoding="utf-8"))
+    assert len(doc["integrity"]["hmac_sha256"]) == 64
+    monkeypatch.setenv("BEQUEATH_SIGNING_KEY", "gate-test-key")
+    code, checks = _gate_json(tmp_path, _copy_run(signed_run, tmp_path / "ok"))
+    assert code == 0 and checks["run.json integrity"]["reason"] == "digest and signature of run.json verified"
+    monkeypatch.setenv("BEQUEATH_SIGNING_KEY", "another key")
+    code, checks = _gate_json(tmp_path, _copy_run(signed_run, tmp_path / "other-key"))
+    assert code == 2 and checks["run.json integrity"]["reason"].startswith("integrity.hmac_sha256 does not match")
+    monkeypatch.delenv("BEQUEATH_SIGNING_KEY")
+    code, checks = _gate_json(tmp_path, _copy_run(signed_run, tmp_path / "no-key"))
+    assert code == 0 and checks["run.json integrity"]["status"] == "warning"
+    assert "the signature was not checked" in checks["run.json integrity"]["reason"]
+    code, checks = _gate_json(tmp_path, _copy_run(signed_run, tmp_path / "required"), "--require-signature")
+    assert code == 2 and "no key is set" in checks["run.json integrity"]["reason"]
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r["models"][1].update(content_hash="0" * 64),
+    lambda r: r["models"][0].update(source="another/model"),
+    lambda r: r["models"][2].update(n_params=1),
+    lambda r: r["models"][1].update(card={}),
+    lambda r: r["provenance"].update(python="3.99.0"),
+    lambda r: r["integrity"].update(hmac_sha256=None),
+], ids=["content_hash", "source", "n_params", "card", "provenance-python", "signature-removed"])
+def test_what_only_the_signature_protects_is_caught_on_a_signed_run(tmp_path, signed_run, monkeypatch, edit):
+    """An editor who recomputes the plain digest after changing a model's identity: with the key the gate
+    refuses it; the signature it cannot forge is what tells."""
+    from audit.run_format import integrity_of
+
+    folder = _copy_run(signed_run, tmp_path / "forged")
+    doc = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    hmac_before = doc["integrity"]["hmac_sha256"]
+    edit(doc)
+    if doc["integrity"]["hmac_sha256"] is not None:
+        doc["integrity"] = {"sha256": integrity_of(doc)["sha256"], "hmac_sha256": hmac_before}
+    else:
+        doc["integrity"] = integrity_of(doc)  # an unsigned run made of a signed one
+    (folder / "run.json").write_text(json.dumps(doc), encoding="utf-8")
+    monkeypatch.setenv("BEQUEATH_SIGNING_KEY", "gate-test-key")
+    code, checks = _gate_json(tmp_path, folder)
+    assert code == 2 and checks["run.json integrity"]["status"] == "error"
+    assert checks["run.json integrity"]["reason"].startswith(
+        ("integrity.hmac_sha256 does not match", "run.json is not signed, and BEQUEATH_SIGNING_KEY is set"))
+
+
+def test_rows_whose_probe_data_cannot_be_read_fail_closed_unless_the_run_is_signed(tmp_path, monkeypatch, audit_runs,
+                                                                                   signed_run):
+    """Without the probe's data the rows' requests and columns cannot be re-derived: an error on an unsigned
+    run (nothing vouches for its rows), a warning on a run whose signature the gate verified."""
+    import audit.gate as gate
+    from probes.bundled import BundledProbe
+
+    def unreadable(self, data_dir, *, allow_skip=False):
+        raise FileNotFoundError("bundled_templates.jsonl: gone")
+
+    monkeypatch.setattr(BundledProbe, "load", unreadable)
+    monkeypatch.delenv("BEQUEATH_SIGNING_KEY", raising=False)
+    run, rows = gate.load_run(audit_runs["complete"])
+    (check,) = [c for c in gate.verify(run, rows, run["items_sha256"]) if c.name == "probe bundled rows re-derived"]
+    assert check.status == "error" and "its data cannot be read here (FileNotFoundError" in check.reason
+    run, rows = gate.load_run(signed_run)
+    checks = {c.name: c for c in gate.verify(run, rows, run["items_sha256"], key=b"gate-test-key")}
+    assert checks["run.json integrity"].status == "pass"
+    assert checks["probe bundled rows re-derived"].status == "warning"
+    assert "the run's verified signature vouches for its items" in checks["probe bundled rows re-derived"].reason

@@ -290,7 +290,7 @@ def test_schema_1_run_is_refused(tmp_path, partial):
     run["schema_version"] = 1
     (tmp_path / "run.json").write_text(json.dumps(run))
     (tmp_path / "items.jsonl").write_text((partial / "items.jsonl").read_text())
-    with pytest.raises(RunDirError, match=r"schema_version: expected 2, got 1\..*re-run the audit"):
+    with pytest.raises(RunDirError, match=r"schema_version: expected 3, got 1\..*re-run the audit"):
         render(tmp_path, tmp_path / "out", ("md",))
 
 

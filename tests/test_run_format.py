@@ -40,6 +40,13 @@ def test_every_run_the_audit_writes_reads_back(stored):
     (lambda r: r.update(comparisons={}), "comparisons"),
     (lambda r: r["errors"].append({"stage": 3}), "errors[0]"),
     (lambda r: r.update(extra=1), "unknown field(s) extra"),
+    (lambda r: r["provenance"].update(python={}), "provenance.python: expected text, got {}"),
+    (lambda r: r["provenance"].pop("spec_hash"), "provenance.spec_hash: missing"),
+    (lambda r: r["provenance"].update(seed="0"), "provenance.seed: expected a whole number"),
+    (lambda r: r["provenance"]["dataset_files"].update(x=1), "provenance.dataset_files.x: expected text"),
+    (lambda r: r["provenance"].update(extra=1), "provenance: unknown field(s) extra"),
+    (lambda r: r["integrity"].update(sha256=None), "integrity.sha256: expected text"),
+    (lambda r: r["integrity"].pop("hmac_sha256"), "integrity.hmac_sha256: missing"),
 ])
 def test_a_malformed_field_is_named_by_its_path(stored, mutate, path):
     doc = copy.deepcopy(stored["complete"])
@@ -67,3 +74,34 @@ def test_docs_name_every_field_of_the_stored_run():
     quoted = set(re.findall(r'"([a-z_0-9]+)"\s*:', doc))
     missing = sorted({f.name for rec in RECORDS for f in fields(rec)} - quoted)
     assert missing == [], f"docs/run-schema.md does not show these run.json fields: {missing}"
+
+
+def test_the_integrity_digest_covers_every_field_and_not_the_layout(stored):
+    from audit.run_format import canonical, integrity_of, integrity_problems
+
+    doc = copy.deepcopy(stored["complete"])
+    assert integrity_problems(doc, None) == ([], "digest")
+    reordered = json.loads(json.dumps(dict(reversed(list(doc.items())))))
+    assert canonical(reordered) == canonical(doc) and integrity_problems(reordered, None) == ([], "digest")
+    doc["items_sha256"] = "0" * 64
+    (problem,), _ = integrity_problems(doc, None)
+    assert problem.startswith("integrity.sha256 ") and "run.json was changed after the audit" in problem
+    signed = dict(doc, integrity=integrity_of(doc, b"k"))
+    assert integrity_problems(signed, b"k") == ([], "digest and signature")
+    assert integrity_problems(signed, None) == ([], "digest, signature unchecked")
+    assert integrity_problems(signed, b"other")[0][0].startswith("integrity.hmac_sha256 does not match")
+    unsigned = dict(doc, integrity=integrity_of(doc))
+    assert integrity_problems(unsigned, b"k")[0][0].startswith("run.json is not signed, and BEQUEATH_SIGNING_KEY")
+    assert "no key is set" in integrity_problems(unsigned, None, require_signature=True)[0][0]
+    assert integrity_problems({k: v for k, v in doc.items() if k != "integrity"}, None)[0][0].startswith(
+        "run.json has no integrity block")
+
+
+def test_write_run_writes_nothing_that_does_not_conform(tmp_path, stored):
+    from audit.harness import write_run
+
+    doc = copy.deepcopy(stored["complete"])
+    doc["provenance"]["python"] = 3
+    with pytest.raises(RunFormatError, match="provenance.python"):
+        write_run(tmp_path, doc, [])
+    assert list(tmp_path.iterdir()) == []
