@@ -189,6 +189,9 @@ class DistillSpec:
             e.append("peers: only co-distillation (method: co) trains peers.")
         if self.dtype not in ("float32", "bfloat16"):
             e.append(f"dtype '{self.dtype}' is not one of float32, bfloat16.")
+        if self.contamination_data and not Path(self.contamination_data).is_dir():
+            e.append(f"contamination_data: {self.contamination_data} is not a folder; give the one that holds the "
+                     "probes' and tasks' data (e.g. ../shared/data), or leave it out to check the bundled ones only.")
         if self.debias is not None:
             e += self._debias_problems()
         return e

@@ -220,3 +220,19 @@ def test_seed_prompts_name_no_bundled_probe_target():
     named = [(p, t) for p in _seed_prompts() for t in targets if f" {t} " in f" {' '.join(words(p))} "]
     assert named == [], ("a seed prompt names a target of the bundled probe: the teacher's continuation would train "
                          "the student on the very choice the probe scores; use another person or word")
+
+
+def test_spec_and_flag_give_the_data_folder(tmp_path, data_dir):
+    import argparse
+
+    from audit.errors import SpecError
+    from distill import cli
+    from distill.spec import DistillSpec
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="cmd"))
+    d, source = cli.spec_dict(parser.parse_args(["distill", "--contamination-data", str(data_dir)]))
+    spec = DistillSpec.from_dict(d, source=source)
+    assert spec.contamination_data == str(data_dir) and "contamination_data" not in spec.as_dict()
+    with pytest.raises(SpecError, match=r"contamination_data: .*nowhere is not a folder"):
+        DistillSpec.from_dict({"contamination_data": str(tmp_path / "nowhere")})
