@@ -266,11 +266,9 @@ def unknown_task(name: str, task_paths: Sequence[str] = ()) -> str | None:
 # ---------------------------------------------------------------- resolve and check (the preflight)
 
 
-def _dataset_of(task: Any) -> str:
-    cfg = task.config
-    name = f"{cfg.dataset_path}" + (f" ({cfg.dataset_name})" if getattr(cfg, "dataset_name", None) else "")
-    files = (getattr(cfg, "dataset_kwargs", None) or {}).get("data_files")
-    return name + (f" data_files {files}" if files else "")
+# what `datasets` says when a hub dataset is neither in its cache nor reachable
+_NOT_ON_DISK = ("OfflineMode", "Couldn't reach", "doesn't exist on the Hub", "DatasetNotFound",
+                "couldn't be found on the Hugging Face Hub")
 
 
 def _load_problem(spec: TaskSpec, source: str, cfg: dict | None, exc: Exception) -> str:
@@ -281,13 +279,13 @@ def _load_problem(spec: TaskSpec, source: str, cfg: dict | None, exc: Exception)
         dataset = f"{dataset} (config {cfg['dataset_name']})"
     offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes")
                   for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    missing = offline or "OfflineMode" in text or "Couldn't reach" in text or "doesn't exist on the Hub" in text
-    if missing and "data_files" not in text and "Unable to find" not in text:
+    if isinstance(exc, ConnectionError) or any(m in text for m in _NOT_ON_DISK):
         what = f"its dataset {dataset!r}" if dataset else "its dataset"
+        args = ", ".join(repr(a) for a in ((cfg or {}).get("dataset_path") or "...", (cfg or {}).get("dataset_name")) if a)
         return (f"task {spec.name}: lm-eval could not load {what}: it is not on disk and the hub "
                 f"{'is switched off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)' if offline else 'cannot be reached'} "
                 f"[{text[:200]}]. Provide it: either fetch it once where the hub is reachable (python -c "
-                f"\"import datasets; datasets.load_dataset('{(cfg or {}).get('dataset_path') or '...'}')\") and "
+                f"\"import datasets; datasets.load_dataset({args})\") and "
                 "copy the Hugging Face cache (~/.cache/huggingface) to this machine, or put a local copy of the "
                 "data next to a task YAML with 'dataset_path: json' and absolute 'data_files', and give its "
                 "folder in task_paths (see docs/tasks.md).")
@@ -385,7 +383,9 @@ def resolve_task(spec: TaskSpec, *, task_paths: tuple[str, ...] = (), data_dir: 
     except Exception as exc:  # noqa: BLE001 - any failure to load is reported with its dataset
         raise InputError(_load_problem(spec, source, cfg, exc)) from exc
     metric, _, filt = (spec.metric or metric_default or default_metric(loaded, spec.name)).partition(",")
-    filt = filt or "none"
+    # lm-eval's default filter is "none"; a task with its own filters (gsm8k: strict-match, ...) has no
+    # "none", and its first filter is the one its README reports
+    filt = filt or next((f.name for f in getattr(next(iter(loaded["tasks"].values())), "_filters", [])), "none")
     if problems := _check_metric(spec, metric, filt, loaded["tasks"]):
         raise InputError("\n  - ".join(problems))
     group = loaded["groups"].get(spec.name)

@@ -132,6 +132,9 @@ def test_offline_a_builtin_task_without_its_dataset_fails_before_scoring(monkeyp
     assert problem.startswith("task piqa: lm-eval could not load its dataset 'baber/piqa': it is not on disk")
     assert "HF_HUB_OFFLINE" in problem and "datasets.load_dataset('baber/piqa')" in problem
     assert "task_paths" in problem and "data_files" in problem
+    (problem,) = check_tasks(["gsm8k"])  # a dataset with a config: the hint names both
+    assert "its dataset 'openai/gsm8k (config main)'" in problem
+    assert "datasets.load_dataset('openai/gsm8k', 'main')" in problem
     # through the audit: the preflight names it and nothing is scored (no model is even loaded)
     from audit.harness import run_audit
 
@@ -228,3 +231,27 @@ def test_a_seeded_random_sample_is_stratified_by_subtask_and_passed_to_lm_eval(t
     with pytest.raises(SpecError, match="task_sampling: expected one of first, random"):
         AuditSpec.from_dict({"task_sampling": "stratifed"})
     assert AuditSpec.from_dict({"task_sampling": "random", "task_limit": 5}).task_sampling == "random"
+
+
+def test_a_generation_task_scores_with_its_first_filter_or_the_one_named(tiny, tmp_path):
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    data = folder / "toy_gen.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": c[a]}) + "\n" for q, c, a in QUESTIONS))
+    (folder / "toy_gen.yaml").write_text(
+        f"task: toy_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "output_type: generate_until\ndoc_to_text: \"Q: {{question}}\\nA:\"\ndoc_to_target: \"{{answer}}\"\n"
+        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 3\n  do_sample: false\n"
+        "filter_list:\n  - name: strict\n    filter:\n      - {function: regex, regex_pattern: \"(\\\\w+)\"}\n"
+        "      - {function: take_first}\n  - name: loose\n    filter:\n      - {function: take_first}\n"
+        "metric_list:\n  - {metric: exact_match, aggregation: mean, higher_is_better: true}\n"
+        "metadata:\n  version: 1.0\n")
+    lm = make_lm(tiny, backend="engine")
+    first, named = run_tasks(lm, ["toy_gen"], task_paths=[str(folder)]) + run_tasks(
+        lm, [TaskSpec(name="toy_gen", metric="exact_match,loose")], task_paths=[str(folder)])
+    assert first.metric == "exact_match,strict" and named.metric == "exact_match,loose"
+    for r in (first, named):
+        assert sorted(r.scores, key=int) == [str(i) for i in range(len(QUESTIONS))]
+        assert r.lm_eval_value == sum(r.scores.values()) / len(QUESTIONS)
+    (problem,) = check_tasks([TaskSpec(name="toy_gen", metric="exact_match,lose")], task_paths=[str(folder)])
+    assert "no filter 'lose' in toy_gen. Did you mean: loose? Its filters: strict, loose." in problem
