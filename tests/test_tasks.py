@@ -210,6 +210,11 @@ def test_the_audit_command_takes_include_path(tiny_model_dir, tmp_path, capsys):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["spec"]["task_paths"] == [str(tmp_path / "t")]
     assert [(t["task"], t["metric"], t["n"]) for t in run["tasks"]] == [("toy_mc", "acc", 4)]
+    capsys.readouterr()
+    code = main(["gate", str(tmp_path / "run")])  # the gate re-reads the YAML task's data file and agrees
+    out = capsys.readouterr().out
+    assert "dataset files" in out and "1 data file(s): sha256 as recorded" in out, out
+    assert code == 0, out
 
 
 def test_a_seeded_random_sample_is_stratified_by_subtask_and_passed_to_lm_eval(tiny, tmp_path):
