@@ -16,6 +16,15 @@ Verdicts are recomputed with ``audit.verdicts.decide`` (the one implementation o
 the policy's tolerance from the stored numbers; a policy alpha other than the run's cannot be
 answered from stored intervals, so the gate refuses it (exit 2) and says to re-run the audit.
 Without ``--policy`` the documented default policy applies (``Policy()``).
+
+Before any policy check the stored files are verified (``verify``; fail closed, exit 2 on any
+disagreement): run.json's integrity block (its digest, and its HMAC signature when
+``$BEQUEATH_SIGNING_KEY`` is set or ``--require-signature`` is given), items.jsonl against its
+recorded sha256, every figure of run.json recomputed from the rows, run.json against its own spec
+(``provenance.spec_hash``, settings, models, probes, tasks, derived notes and error texts), and each
+probe's rows against the probe's data: its sample and requests rebuilt and every row's columns
+re-derived from its answers by the probe's scoring rule. What no file can check (the machine's
+versions, the models' source and content hash) only a signed run protects.
 """
 
 from __future__ import annotations
@@ -214,7 +223,7 @@ def gated_probes(run: dict, policy: Policy) -> list[str]:
         return list(policy.required_probes)
     spec_probes = [p if isinstance(p, str) else p.get("name") if isinstance(p, dict) else None
                    for p in (run.get("spec") or {}).get("probes") or []]
-    return [p for p in spec_probes if p] or [p["probe"] for p in run.get("probes", [])]
+    return [p for p in spec_probes if isinstance(p, str) and p] or [p["probe"] for p in run.get("probes", [])]
 
 
 def _probe_checks(run: dict, gated: list[str]) -> list[Check]:
@@ -455,7 +464,10 @@ def integrity_check(run: dict, key: bytes | None, *, require_signature: bool = F
                  "BEQUEATH_SIGNING_KEY to the audit's key (or pass --require-signature to refuse this)")
 
 
-def verify(run: dict, rows: list[dict], items_sha256: str | None, *, key: bytes | None | str = "env",
+_FROM_ENV: Any = object()  # verify's default key: $BEQUEATH_SIGNING_KEY
+
+
+def verify(run: dict, rows: list[dict], items_sha256: str | None, *, key: bytes | None = _FROM_ENV,
            require_signature: bool | None = None, data_dir: str | Path | None = None) -> list[Check]:
     """Every check the gate makes of the stored files: run.json's integrity block (``key``: the signing
     key, by default ``$BEQUEATH_SIGNING_KEY``; ``require_signature``, by default
@@ -467,7 +479,7 @@ def verify(run: dict, rows: list[dict], items_sha256: str | None, *, key: bytes 
 
     from audit.run_format import signing_key
 
-    key = signing_key() if key == "env" else key
+    key = signing_key() if key is _FROM_ENV else key
     if require_signature is None:
         require_signature = os.environ.get(REQUIRE_SIGNATURE_ENV, "") not in ("", "0")
     checks = [integrity_check(run, key, require_signature=require_signature)]

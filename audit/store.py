@@ -176,7 +176,10 @@ class ResultsCache:
         """key.json records the folder's key; a damaged or foreign one is moved aside and written again."""
         meta = base / KEY_FILE
         try:
-            why = key_problem(_read_json(meta), base.name, key_hash)
+            doc = _read_json(meta)
+            why = key_problem(doc, base.name, key_hash) or (
+                "unknown field(s): not a key.json this cache wrote" if set(doc) != {"format", "key_sha256", "key"}
+                else None)
         except FileNotFoundError:
             why = None
         except ValueError as exc:

@@ -93,6 +93,10 @@ def test_the_integrity_digest_covers_every_field_and_not_the_layout(stored):
     unsigned = dict(doc, integrity=integrity_of(doc))
     assert integrity_problems(unsigned, b"k")[0][0].startswith("run.json is not signed, and BEQUEATH_SIGNING_KEY")
     assert "no key is set" in integrity_problems(unsigned, None, require_signature=True)[0][0]
+    odd = dict(signed, integrity={"sha256": signed["integrity"]["sha256"], "hmac_sha256": "\x18\u00d0\x8b"})
+    assert integrity_problems(odd, b"k")[0][0].startswith("integrity.hmac_sha256 does not match")  # no TypeError
+    odd["integrity"]["sha256"] = "\u00e9" * 64
+    assert integrity_problems(odd, b"k")[0][0].startswith("integrity.sha256 ")
     assert integrity_problems({k: v for k, v in doc.items() if k != "integrity"}, None)[0][0].startswith(
         "run.json has no integrity block")
 
