@@ -1802,6 +1802,12 @@ def test_model_names_never_become_paths(tmp_path, tiny_model_dir):
     assert sorted(p.name for p in (work / "run").iterdir()) == ["items.jsonl", "run.json"]
     names = [m["name"] for m in json.loads((out / "run.json").read_text(encoding="utf-8"))["models"]]
     assert names == ["../../escaped", "a/../../b"]  # kept as names, shown as text
+    # and the gate verifies this real audit (hflm scores, the real cache), the rows re-derived from the data
+    policy = tmp_path / "verify-only.yaml"
+    policy.write_text("fail_verdicts: []\nrequired_probes: []\n", encoding="utf-8")
+    code, out_text, err = run_gate(out, policy)
+    assert code == 0, out_text + err
+    assert re.search(r"^PASS +probe bundled rows re-derived +12 sampled items", out_text, re.M), out_text
 
 
 # ---------------------------------------------------------------- the table
