@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -148,14 +147,35 @@ def _find_demo_gguf(work: Path) -> Path:
     return work / member
 
 
+def _prepared(target: Path) -> bool:
+    return (target / "model.safetensors").is_file() and (target / "bequeath_source.json").is_file()
+
+
 def prepare_demo_teacher(*, force: bool = False) -> Path:
-    """Convert the bundled GGUF teacher to a safetensors directory once; return it."""
+    """Convert the bundled GGUF teacher to a safetensors directory once; return it.
+
+    Two prepares at once (two test sessions, an audit and a distillation sharing a cache) take
+    turns on a lock file: the second finds the first one's result and returns it, so both get
+    the same files and nobody deletes a directory another process is reading from.
+    """
+    import fcntl
+
     target = cache_dir() / "models" / DEMO_ALIAS
-    if (target / "model.safetensors").is_file() and (target / "bequeath_source.json").is_file() and not force:
+    if _prepared(target) and not force:
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{DEMO_ALIAS}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if _prepared(target) and not force:
+            return target  # another process prepared it while this one waited
+        _convert_demo_teacher(target)
+    return target
+
+
+def _convert_demo_teacher(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Preparing the demo teacher once: GGUF -> safetensors in {target} (about 20 s)", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".prep-") as tmp:
         tmpd = Path(tmp)
         gguf = _find_demo_gguf(tmpd)
@@ -179,10 +199,9 @@ def prepare_demo_teacher(*, force: bool = False) -> Path:
                 indent=2,
             )
         )
-        if target.exists():
-            shutil.rmtree(target)
+        if target.exists():  # --force: move the old copy into the temporary folder (deleted with it)
+            os.replace(target, tmpd / "old")
         os.replace(out, target)
-    return target
 
 
 # ---------------------------------------------------------------- hashing
