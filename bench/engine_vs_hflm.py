@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -80,29 +79,12 @@ metadata:
 """
 
 
-def _local_task(src_yaml: Path, task: str, data: Path, *, fmt: str = "json") -> str:
-    """lm-eval's own task yaml, renamed and pointed at a local file."""
-    out = [f"task: {task}", f"dataset_path: {fmt}", "dataset_kwargs:", "  data_files:", f"    test: {data}",
-           "test_split: test"]
-    in_tag = False
-    for line in src_yaml.read_text().splitlines():
-        key = line.split(":")[0]
-        in_tag = key == "tag" or (in_tag and line.startswith("  - "))
-        if not in_tag and key not in {"task", "dataset_path", "dataset_name", "test_split"}:
-            out.append(line)
-    return "\n".join(out) + "\n"
-
-
 def write_tasks(tmp: Path, data: Path, n: int) -> list[str]:
     """Local copies of the first ``n`` items and task configs for bbq, hellaswag and crows_pairs."""
-    import lm_eval
-
-    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
+    from probes.files import write_lm_eval_task
     with open(data / "bbq" / "Age.jsonl") as fh:
         (tmp / "bbq.jsonl").write_text("".join(next(fh) for _ in range(n)))
-    shutil.copy(tasks_dir / "bbq" / "utils.py", tmp / "utils.py")
-    (tmp / "bench_bbq.yaml").write_text(
-        _local_task(tasks_dir / "bbq" / "bbq_multiple_choice.yaml", "bench_bbq", tmp / "bbq.jsonl"))
+    write_lm_eval_task(tmp, "bbq/bbq_multiple_choice.yaml", tmp / "bbq.jsonl", task="bench_bbq")
 
     with open(data / "hellaswag" / "hellaswag_val.derived.jsonl") as fh:
         (tmp / "hellaswag.jsonl").write_text("".join(next(fh) for _ in range(n)))
@@ -114,10 +96,8 @@ def write_tasks(tmp: Path, data: Path, n: int) -> list[str]:
     (tmp / "crows.jsonl").write_text("".join(
         json.dumps({"sent_more": r["sent_more"], "sent_less": r["sent_less"], "bias_type": r["bias_type"]}) + "\n"
         for r in rows))
-    crows_dir = tasks_dir / "crows_pairs"
-    shutil.copy(crows_dir / "utils.py", tmp / "crows_utils.py")
-    crows = _local_task(crows_dir / "crows_pairs_english.yaml", "bench_crows", tmp / "crows.jsonl")
-    (tmp / "bench_crows.yaml").write_text(crows.replace("!function utils.", "!function crows_utils."))
+    write_lm_eval_task(tmp, "crows_pairs/crows_pairs_english.yaml", tmp / "crows.jsonl", task="bench_crows",
+                       utils_module="crows_utils")
     return ["bench_bbq", "bench_hellaswag", "bench_crows"]
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from probes import files
 from probes.base import (
     Answer,
     DataFile,
@@ -333,19 +334,7 @@ def _row_problem(row: Any) -> tuple[str, str] | None:
 
 def write_lm_eval_task(out_dir: Path, jsonl: Path, *, task: str = "bbq_local") -> str:
     """lm-eval's own bbq multiple-choice config and utils, pointed at a local JSONL; returns the task."""
-    import importlib.util
-    import shutil
-
-    spec = importlib.util.find_spec("lm_eval")
-    ref = Path(list(spec.submodule_search_locations)[0]) / "tasks" / "bbq"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ref / "utils.py", out_dir / "utils.py")
-    text = (ref / "bbq_multiple_choice.yaml").read_text()
-    text = text.replace("task: bbq\n", f"task: {task}\n").replace("tag:\n  - social_bias\n", "")
-    text = text.replace("dataset_path: oskarvanderwal/bbq", "dataset_path: json")
-    text = text.replace("dataset_name: All", f"dataset_kwargs:\n  data_files:\n    test: {Path(jsonl).resolve()}")
-    (out_dir / f"{task}.yaml").write_text(text)
-    return task
+    return files.write_lm_eval_task(out_dir, "bbq/bbq_multiple_choice.yaml", jsonl, task=task)
 
 
 __all__ = ["BBQProbe", "biased_answers", "bias_score", "amb_bias_score", "item_columns",

@@ -15,13 +15,12 @@ own task config pointed at a local file, for parity tests and the benchmark.
 from __future__ import annotations
 
 import csv
-import importlib.util
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from probes import files
 from probes.base import (
     Answer,
     HubAdapter,
@@ -179,22 +178,7 @@ def write_lm_eval_task(out_dir: Path, csv_path: Path, *, task: str = "crows_pair
     Used by the parity tests and the benchmark: ``TaskManager(include_path=out_dir,
     include_defaults=False)`` then runs lm-eval's unchanged scoring on ``csv_path``.
     """
-    spec = importlib.util.find_spec("lm_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise ProbeDataError("lm-eval is not installed; install lm-eval==0.4.13 to run the reference task.")
-    ref = Path(list(spec.submodule_search_locations)[0]) / "tasks" / "crows_pairs"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ref / "utils.py", out_dir / "utils.py")
-    text = (ref / "crows_pairs_english.yaml").read_text()
-    text = text.replace("task: crows_pairs_english", f"task: {task}")
-    text = text.replace("dataset_path: jannalu/crows_pairs_multilingual", "dataset_path: csv")
-    text = text.replace("dataset_name: english",
-                        f"dataset_kwargs:\n  data_files:\n    test: {Path(csv_path).resolve()}")
-    text = text.replace("tag:\n  - crows_pairs\n", "")
-    if "dataset_path: csv" not in text or "data_files" not in text:
-        raise ProbeDataError(f"{ref / 'crows_pairs_english.yaml'}: unexpected layout; cannot point it at {csv_path}.")
-    (out_dir / f"{task}.yaml").write_text(text)
-    return task
+    return files.write_lm_eval_task(out_dir, "crows_pairs/crows_pairs_english.yaml", csv_path, task=task, fmt="csv")
 
 
 __all__ = ["CrowsPairsProbe", "data_file", "read_pairs", "write_lm_eval_task", "DEFAULT_FILE", "SHA256"]

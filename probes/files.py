@@ -51,4 +51,36 @@ def write_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
-__all__ = ["cache_dir", "sha256_file", "write_atomic"]
+def write_lm_eval_task(out_dir: str | Path, source: str, data: str | Path, *, task: str, fmt: str = "json",
+                       utils_module: str = "utils") -> str:
+    """The one writer of lm-eval task YAML: lm-eval's own config ``source`` (relative to its tasks
+    folder, e.g. ``"bbq/bbq_multiple_choice.yaml"``), renamed ``task``, without its tags, reading
+    the local ``data`` file (loaded by the ``datasets`` builder ``fmt``: json, csv) as its test
+    split; the folder's ``utils.py`` is copied beside it as ``utils_module``. Every other line of
+    the config (prompts, choices, metrics, filters) is lm-eval's, unchanged, so the task scores as
+    lm-eval does. Returns the task name (for ``TaskManager(include_path=out_dir)``).
+    """
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("lm-eval is not installed; install lm-eval==0.4.13 to write an lm-eval task.")
+    src = Path(list(spec.submodule_search_locations)[0]) / "tasks" / source
+    out = [f"task: {task}", f"dataset_path: {fmt}", "dataset_kwargs:", "  data_files:",
+           f"    test: {Path(data).resolve()}", "test_split: test"]
+    in_tag = False
+    for line in src.read_text(encoding="utf-8").splitlines():
+        key = line.split(":")[0]
+        in_tag = key == "tag" or (in_tag and line.startswith("  - "))
+        if not in_tag and key not in {"task", "dataset_path", "dataset_name", "dataset_kwargs", "test_split"}:
+            out.append(line.replace("!function utils.", f"!function {utils_module}."))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (src.parent / "utils.py").is_file():
+        shutil.copy(src.parent / "utils.py", out_dir / f"{utils_module}.py")
+    (out_dir / f"{task}.yaml").write_text("\n".join(out) + "\n", encoding="utf-8")
+    return task
+
+
+__all__ = ["cache_dir", "sha256_file", "write_atomic", "write_lm_eval_task"]
