@@ -68,7 +68,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     spec = AuditSpec.from_file(args.spec, **over) if args.spec else AuditSpec.from_dict(over)
     policy = None
     if args.policy:  # read before anything is scored: a missing or bad policy must not cost an audit
-        from audit.gate import Policy
+        from audit.verdicts import Policy
 
         policy = Policy.from_file(args.policy)
     started = time.time()
@@ -79,7 +79,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     print(f"audit run written to {out / 'run.json'} ({time.time() - started:.0f} s)"
           + ("" if code == 0 else " - PARTIAL: see 'errors' in run.json"))
     if policy is not None:
-        from audit.gate import evaluate, format_table
+        from audit.verdicts import evaluate, format_table
 
         result = evaluate(json.loads((out / "run.json").read_text()), policy)
         print(format_table(result))

@@ -8,7 +8,6 @@ package does not depend on them (see DESIGN.md).
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from pathlib import Path
@@ -41,8 +40,8 @@ def run_demo(out: Path, *, max_steps: int | None = None, force: bool = False) ->
 
     print("[2/4] distilling a soft-label student (forward KL, every 5th layer)...", flush=True)
     t1 = time.time()
-    distill_api = importlib.import_module("distill.api")
-    distill_spec = importlib.import_module("distill.spec")
+    from distill import api as distill_api  # the demo is the app layer: it may use every package
+    from distill import spec as distill_spec
     student_dir = out / "student"
     if (student_dir / "distill_card.json").is_file() and max_steps is None:
         print(f"      reusing the student in {student_dir}")
@@ -68,7 +67,7 @@ def run_demo(out: Path, *, max_steps: int | None = None, force: bool = False) ->
     timings["audit"] = time.time() - t2
 
     print("[4/4] writing the report...", flush=True)
-    render = importlib.import_module("reports.render").render
+    from reports.cli import render
     paths = render(run_dir, out)
     timings["report"] = time.time() - t0 - sum(v for k, v in timings.items())
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f", total {time.time() - t0:.0f}")

@@ -1,6 +1,6 @@
 """A stored run (run.json + items.jsonl) -> the view model every report format renders.
 
-The run is read by ``audit.gate.load_run`` (which also verifies it); ``build`` is pure: plain dicts
+The run is read and verified by ``audit.verify`` in the app layer (``reports.cli``); ``build`` is pure: plain dicts
 and strings, already formatted, so templates hold no logic and every format says the
 same thing. Missing measurements become the word "missing" with the reason, never 0.
 Model outputs and dataset strings stay untrusted text here: escaping is the writers' job
@@ -12,8 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from audit.gate import GateResult, student_of
-from audit.verdicts import VERDICTS  # noqa: E402  (the rule module is stdlib-only: no torch, no numpy)
+from audit.verdicts import (
+    VERDICTS,  # noqa: E402  (the rule module is stdlib-only: no torch, no numpy)
+    GateResult,
+    student_of,
+)
 
 # the order findings are shown in: what a reviewer must act on first
 FINDING_ORDER = ("amplified", "introduced", "reversed", "inherited", "attenuated")

@@ -1,4 +1,8 @@
-"""``bequeath report RUN_DIR``: render a stored audit run (no model, no torch)."""
+"""``bequeath report RUN_DIR``: render a stored audit run (no model, no torch).
+
+The app layer of the report: it loads and verifies the run (``audit.verify``), evaluates the
+policy (``audit.verdicts``) and hands both to ``reports.render.write``, which only renders.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,24 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def render(run_dir: Path, out_dir: Path | None = None, formats=("html", "md", "json", "junit"),
+           policy=None) -> dict[str, Path]:
+    """Verify a stored run, apply ``policy`` (default: the built-in one) and write the report
+    files into ``out_dir`` (default: the run folder); returns format -> path."""
+    from audit.verdicts import Policy, evaluate
+    from audit.verify import load_run, verify
+    from probes.files import sha256_file
+    from reports.render import check_formats, write
+
+    check_formats(formats)  # before reading anything
+    run, items = load_run(run_dir)
+    gate = evaluate(run, policy or Policy(), extra=verify(run, items, sha256_file(Path(run_dir) / "items.jsonl")))
+    return write(run, items, gate, Path(out_dir) if out_dir is not None else Path(run_dir), formats)
+
+
 def run(args) -> int:
     from audit.errors import BequeathError
-    from audit.gate import Policy
-    from reports.render import render
+    from audit.verdicts import Policy
 
     try:
         policy = Policy.from_file(args.policy) if args.policy else None

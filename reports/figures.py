@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import re
 
-from audit.gate import student_of
+from audit.verdicts import student_of
 
 TEACHER_STYLE = {"color": "#222222", "marker": "s"}
 # Okabe-Ito colours (colour-blind safe), each with its own marker so colour is never the only cue

@@ -13,11 +13,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audit.gate import evaluate, to_json, to_junit
+from audit.verdicts import to_json, to_junit
 from probes.files import write_atomic
 
 if TYPE_CHECKING:
-    from audit.gate import Policy
+    from audit.verdicts import GateResult
 
 FORMATS = {"html": "report.html", "md": "summary.md", "json": "report.json", "junit": "junit.xml",
            "csv": "comparisons.csv"}
@@ -91,7 +91,7 @@ def csv_report(run: dict) -> str:
     import csv
     import io
 
-    from audit.gate import student_of
+    from audit.verdicts import student_of
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -110,27 +110,27 @@ def csv_report(run: dict) -> str:
     return buf.getvalue()
 
 
-def render(run_dir: Path, out_dir: Path | None = None, formats: Sequence[str] = ("html", "md", "json", "junit"),
-           policy: Policy | None = None) -> dict[str, Path]:
-    """Render a stored run into ``out_dir`` (default: the run folder); returns format -> path."""
-    from audit.errors import SpecError
-    from audit.gate import Policy, load_run
-    from reports.build import build
-
+def check_formats(formats: Sequence[str]) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        from audit.errors import did_you_mean
+        from audit.errors import SpecError, did_you_mean
 
         hints = "".join(did_you_mean(f, FORMATS) for f in unknown)
         raise SpecError(f"unknown report format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}.{hints}")
-    run, items = load_run(run_dir)
-    from audit.gate import verify
-    from probes.files import sha256_file
 
-    gate = evaluate(run, policy or Policy(), extra=verify(run, items, sha256_file(Path(run_dir) / "items.jsonl")))
+
+def write(run: dict, items: list[dict], gate: GateResult, out: Path,
+          formats: Sequence[str] = ("html", "md", "json", "junit")) -> dict[str, Path]:
+    """Write a verified run and the gate's result into ``out``; returns format -> path.
+
+    Loading and verifying the run, and evaluating the policy, happen in the app layer
+    (``reports.cli.render``): this package only renders what it is given.
+    """
+    from reports.build import build
+
+    check_formats(formats)
     view = build(run, items, gate, figures="html" in formats)
     writers = {"html": lambda: html(view), "md": lambda: markdown(view),
                "json": lambda: json_report(view, run, gate), "junit": lambda: to_junit(gate),
                "csv": lambda: csv_report(run)}
-    out = Path(out_dir) if out_dir is not None else Path(run_dir)
     return {f: write_atomic(out / FORMATS[f], writers[f]()) for f in formats}

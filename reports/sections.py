@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.gate import student_of
+from audit.verdicts import student_of
 from reports.build import ci_text, delta_ci_text, metric_value, missing, num, probe_label
 
 CONTENT_WARNING = ("Content warning: these items contain social stereotypes (some offensive) and raw "

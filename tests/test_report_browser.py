@@ -123,7 +123,7 @@ class Browser:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, audit_runs):
     """The fixture report loaded in chromium: (browser, session id, page url, report folder)."""
-    from reports.render import render
+    from reports.cli import render
 
     out = tmp_path_factory.mktemp("report")
     render(audit_runs["partial"], out, ("html",))

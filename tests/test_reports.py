@@ -23,7 +23,7 @@ from audit.errors import RunDirError
 from audit.gate import Policy, evaluate, load_run
 from audit.verdicts import VERDICTS
 from reports.build import build, delta_ci_text
-from reports.render import render
+from reports.cli import render
 
 GOLDEN = Path(__file__).parent / "fixtures" / "report_structure.golden.txt"
 CSP = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
@@ -76,7 +76,7 @@ def _record(run: dict, student: str, key: str, group: str) -> dict:
 def test_reports_never_import_torch_or_transformers(tmp_path, partial):
     code = ("import sys; from pathlib import Path; import reports.build, reports.render, reports.figures, "
             "reports.sections, reports.cli, audit.gate; "
-            f"reports.render.render(Path({str(partial)!r}), Path({str(tmp_path)!r})); "
+            f"reports.cli.render(Path({str(partial)!r}), Path({str(tmp_path)!r})); "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')); "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
