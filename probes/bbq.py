@@ -27,21 +27,8 @@ from typing import Any
 import numpy as np
 
 from probes import files
-from probes.base import (
-    Answer,
-    DataFile,
-    HubAdapter,
-    LoadedItems,
-    Metric,
-    ProbeCard,
-    ProbeError,
-    ProbeItem,
-    RowErrors,
-    data_file,
-    is_hub_ref,
-    jsonl_rows,
-    share,
-)
+from probes.access import DataFile, HubAdapter, RowErrors, data_file, is_hub_ref, jsonl_rows
+from probes.base import Answer, LoadedItems, Metric, ProbeCard, ProbeError, ProbeItem, share
 
 # lm-eval's (from HELM) list of "unknown" answers; BBQ's own unknown answer is always one of them.
 UNKNOWN_RESPONSES = (

@@ -21,22 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.base import (
-    Columns,
+from probes.access import (
     HubAdapter,
-    LoadedItems,
-    Metric,
-    ProbeCard,
-    ProbeError,
-    ProbeItem,
     RowErrors,
     as_path,
     data_file,
     is_hub_ref,
     read_text,
-    share,
     verify_file,
 )
+from probes.base import Columns, LoadedItems, Metric, ProbeCard, ProbeError, ProbeItem, share
 from probes.scorers import SCORERS, TextScorer, load_scorers
 
 DOMAINS = ("gender", "political_ideology", "profession", "race", "religious_ideology")

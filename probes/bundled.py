@@ -29,18 +29,9 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from probes.base import (
-    Answer,
-    LoadedItems,
-    Metric,
-    ProbeCard,
-    ProbeItem,
-    RowErrors,
-    jsonl_rows,
-    local_path,
-    sha256_file,
-    share,
-)
+from probes.access import RowErrors, jsonl_rows, local_path
+from probes.base import Answer, LoadedItems, Metric, ProbeCard, ProbeItem, share
+from probes.files import sha256_file
 
 _FIELDS = ("id", "bias_type", "subgroup", "template", "context", "stereotype", "anti_stereotype")
 

@@ -23,23 +23,17 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from probes.base import (
-    Answer,
+from probes.access import (
     HubAdapter,
-    LoadedItems,
-    Metric,
-    ProbeCard,
-    ProbeError,
-    ProbeItem,
     RowErrors,
     as_path,
     data_file,
     is_hub_ref,
     open_text,
     read_text,
-    share,
     verify_file,
 )
+from probes.base import Answer, LoadedItems, Metric, ProbeCard, ProbeError, ProbeItem, share
 
 # ---------------------------------------------------------------- the shared scoring rule
 

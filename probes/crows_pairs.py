@@ -21,19 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from probes import files
-from probes.base import (
-    Answer,
-    HubAdapter,
-    LoadedItems,
-    Metric,
-    ProbeCard,
-    ProbeDataError,
-    ProbeItem,
-    RowErrors,
-    data_file,
-    open_text,
-    share,
-)
+from probes.access import HubAdapter, RowErrors, data_file, open_text
+from probes.base import Answer, LoadedItems, Metric, ProbeCard, ProbeDataError, ProbeItem, share
 from probes.bundled import pair_columns, pct_stereotype_metric
 
 DEFAULT_FILE = "crows_pairs/crows_pairs_anonymized.csv"

@@ -29,17 +29,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import ndtr
 
-from probes.base import (
-    Answer,
-    Columns,
+from probes.access import (
     HubAdapter,
     HubRef,
-    LoadedItems,
-    Metric,
-    ProbeCard,
-    ProbeDataError,
-    ProbeError,
-    ProbeItem,
     RowErrors,
     as_path,
     data_file,
@@ -47,6 +39,16 @@ from probes.base import (
     jsonl_rows,
     read_text,
     verify_file,
+)
+from probes.base import (
+    Answer,
+    Columns,
+    LoadedItems,
+    Metric,
+    ProbeCard,
+    ProbeDataError,
+    ProbeError,
+    ProbeItem,
 )
 
 SHA256 = {

@@ -27,19 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.base import (
-    Answer,
-    HubAdapter,
-    LoadedItems,
-    Metric,
-    ProbeCard,
-    ProbeError,
-    ProbeItem,
-    RowErrors,
-    data_file,
-    jsonl_rows,
-    share,
-)
+from probes.access import HubAdapter, RowErrors, data_file, jsonl_rows
+from probes.base import Answer, LoadedItems, Metric, ProbeCard, ProbeError, ProbeItem, share
 
 DEFAULT_FILE = "stereoset/stereoset_dev_flat.jsonl"
 SHA256 = "9240d77481e211b406092c7bf7a2ad4a29f3ec6d8251f93e9cff518f7cddea52"

@@ -515,7 +515,7 @@ def test_a_changed_items_file_is_caught_by_its_hash(tmp_path, audit_runs):
 
 def test_items_changed_with_a_matching_hash_are_caught_by_recomputation(tmp_path, audit_runs):
     """A doctored file whose author also updated the recorded hash: the numbers no longer agree."""
-    from probes.base import sha256_file
+    from probes.files import sha256_file
 
     folder = _copy_run(audit_runs["complete"], tmp_path / "doctored")
     rows = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from probes.base import Answer, ProbeDataError, ProbeError, columns_of, sha256_file
+from probes.base import Answer, ProbeDataError, ProbeError, columns_of
+from probes.files import sha256_file
 from probes.holisticbias import HolisticBiasProbe, mann_whitney_p, reject, share_pairs_differ
 
 FIX = Path(__file__).parent / "fixtures" / "probes" / "holisticbias_mini"

@@ -15,12 +15,14 @@ from pathlib import Path
 import datasets
 import pytest
 
-from probes.base import HubRef, ProbeDataError, ProbeError, sha256_file
+from probes.access import HubRef
+from probes.base import ProbeDataError, ProbeError
 from probes.bbq import BBQProbe
 from probes.bold import BoldProbe
 from probes.bundled import BundledProbe
 from probes.coref import WinoBiasProbe, WinogenderProbe
 from probes.crows_pairs import CrowsPairsProbe
+from probes.files import sha256_file
 from probes.registry import get_probe
 from probes.stereoset import StereoSetProbe
 
