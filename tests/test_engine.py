@@ -26,10 +26,10 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.model import CacheHook, hash_args
 from lm_eval.models.huggingface import HFLM
 
-from audit.engine import (
+from audit.engine import PrefixCacheLM
+from audit.plan import (
     Cluster,
     Group,
-    PrefixCacheLM,
     Split,
     divide,
     layout,
