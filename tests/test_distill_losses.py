@@ -353,7 +353,7 @@ def test_invariance_term_equals_torch_kl_on_aligned_unchanged_positions():
     got.backward()
     assert z.grad[2:].abs().sum() == 0 and z.grad[:2].abs().sum() > 0
     none = D.invariance_loss(z, labels, partner, torch.zeros(4, dtype=torch.bool), num_valid=10)
-    assert float(none) == 0.0
+    assert float(none.detach()) == 0.0 and none.requires_grad
 
 
 def test_aligned_needs_same_length_and_only_counterpart_differences():
