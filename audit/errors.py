@@ -57,3 +57,27 @@ def yaml_location(exc: BaseException, text: str) -> str:
     if isinstance(position, int):
         return f" line {text.count(chr(10), 0, position) + 1}"
     return ""
+
+
+def read_yaml(path, *, kind: str, missing: str):
+    """The YAML document of a spec or policy file; every way it can be unreadable is a SpecError
+    naming the file (and the line of a syntax error) and what to do. ``missing``: the message
+    when the file does not exist."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(missing)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Save the {kind} as UTF-8.") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path}{yaml_location(exc, text)}: not valid YAML ({problem}). Fix the syntax.") from exc
+    except RecursionError as exc:
+        raise SpecError(f"{path}: YAML nested too deeply to read. Simplify the {kind}.") from exc

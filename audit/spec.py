@@ -9,9 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from audit.errors import SpecError, did_you_mean, shown, yaml_location
+from audit.errors import SpecError, did_you_mean, read_yaml, shown
 from audit.models import ModelRef
 from audit.tasks import SAMPLING, TaskSpec
 
@@ -67,21 +65,8 @@ class AuditSpec:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> AuditSpec:
-        path = Path(path)
-        if not path.is_file():
-            raise SpecError(f"Spec file {path} not found. Give the path of a YAML audit spec (see README).")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Save the spec as UTF-8.") from exc
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            where = yaml_location(exc, text)
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise SpecError(f"{path}{where}: not valid YAML ({problem}). Fix the syntax.") from exc
-        except RecursionError as exc:
-            raise SpecError(f"{path}: YAML nested too deeply to read. Simplify the spec.") from exc
+        raw = read_yaml(path, kind="spec",
+                        missing=f"Spec file {path} not found. Give the path of a YAML audit spec (see README).")
         if raw is None:  # an empty file (or a bare null): every field's default
             raw = {}
         if not isinstance(raw, dict):

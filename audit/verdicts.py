@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from audit.errors import SpecError, did_you_mean
+from audit.errors import SpecError, did_you_mean, read_yaml
 
 VERDICTS = ("not measurable", "amplified", "introduced", "reversed", "attenuated", "inherited",
             "not detected", "unchanged", "inconclusive")
@@ -186,23 +186,8 @@ class Policy:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Policy:
-        import yaml
-
-        from audit.errors import yaml_location
-
-        path = Path(path)
-        if not path.is_file():
-            raise SpecError(f"{path}: policy file not found. Pass an existing YAML file to --policy.")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}). Save the policy as UTF-8.") from exc
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{path}{yaml_location(exc, text)}: not valid YAML ({exc}). Fix the syntax and retry.") from exc
-        except RecursionError as exc:
-            raise SpecError(f"{path}: YAML nested too deeply to read. Simplify the policy.") from exc
+        data = read_yaml(path, kind="policy",
+                         missing=f"{path}: policy file not found. Pass an existing YAML file to --policy.")
         # only an empty file (or a bare null) is the default policy; false, 0, '' or [] are refused
         return cls.from_dict({} if data is None else data, source=str(path))
 
