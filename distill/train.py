@@ -14,7 +14,6 @@ Losses are normalised by the global count of valid tokens that the Trainer passe
 from __future__ import annotations
 
 import copy
-import math
 import os
 import signal
 import time
@@ -278,7 +277,3 @@ class Progress(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.close()
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if isinstance(x, float | int) and math.isfinite(x) else None
