@@ -11,11 +11,15 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("report", help="render a stored audit run as HTML, Markdown, JSON, JUnit and CSV")
+    p = subparsers.add_parser("report", help="render a stored audit run as HTML, Markdown, JSON, JUnit, CSV, "
+                              "a model card or LaTeX tables")
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder holding run.json and items.jsonl")
     p.add_argument("--format", default="html,md,json,junit",
-                   help="comma-separated formats among html, md, json, junit, csv (default: html,md,json,junit); "
-                        "csv writes comparisons.csv, one row per comparison for spreadsheets")
+                   help="comma-separated formats among html, md, json, junit, csv, model-card, latex (default: "
+                        "html,md,json,junit); csv writes comparisons.csv, one row per comparison for spreadsheets; "
+                        "model-card writes MODEL_CARD.md, a Hugging Face model-card section per student with "
+                        "model-index front matter; latex writes verdicts.tex, booktabs tables of the verdicts and "
+                        "task scores (see docs/report-formats.md)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR)")
     p.add_argument("--policy", default=None, help="gate policy YAML shown in the report (default: built-in policy)")
     p.set_defaults(func=run)

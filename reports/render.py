@@ -1,4 +1,5 @@
-"""Writers: a stored run -> report.html, summary.md, report.json, junit.xml (atomic writes).
+"""Writers: a stored run -> report.html, summary.md, report.json, junit.xml, comparisons.csv, and
+(``reports.formats``) MODEL_CARD.md and verdicts.tex (atomic writes).
 
 The HTML goes through a jinja2 Environment with autoescape and StrictUndefined: every
 string from the run (model outputs, item ids, dataset text, card fields) is escaped; only
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from audit.verdicts import GateResult
 
 FORMATS = {"html": "report.html", "md": "summary.md", "json": "report.json", "junit": "junit.xml",
-           "csv": "comparisons.csv"}
+           "csv": "comparisons.csv", "model-card": "MODEL_CARD.md", "latex": "verdicts.tex"}
 CSV_FIELDS = ("student", "probe", "metric", "group_key", "group", "n", "teacher_bias", "teacher_ci_low",
               "teacher_ci_high", "student_bias", "student_ci_low", "student_ci_high", "delta", "delta_ci_low",
               "delta_ci_high", "delta_ci_level", "p_adj", "verdict", "reason")
@@ -127,10 +128,12 @@ def write(run: dict, items: list[dict], gate: GateResult, out: Path,
     (``reports.cli.render``): this package only renders what it is given.
     """
     from reports.build import build
+    from reports.formats import latex, model_card
 
     check_formats(formats)
     view = build(run, items, gate, figures="html" in formats)
     writers = {"html": lambda: html(view), "md": lambda: markdown(view),
                "json": lambda: json_report(view, run, gate), "junit": lambda: to_junit(gate),
-               "csv": lambda: csv_report(run)}
+               "csv": lambda: csv_report(run), "model-card": lambda: model_card(view, run, gate),
+               "latex": lambda: latex(view, run)}
     return {f: write_atomic(out / FORMATS[f], writers[f]()) for f in formats}

@@ -1,0 +1,310 @@
+"""Two renderings for readers outside bequeath: a Hugging Face model-card section per student
+(MODEL_CARD.md, with ``model-index`` front matter) and LaTeX tables for papers (verdicts.tex).
+
+Both are pure functions of the verified run and the view ``reports.build`` made from it (the
+gate's result included): they format stored numbers, they never recompute a verdict. Every
+string that comes from the run (model names and paths, group labels from datasets, error and
+check texts) is untrusted: ``md_escape`` makes it inert in Markdown, ``latex_escape`` in LaTeX,
+and the YAML front matter is written by PyYAML's safe dumper from plain, single-line strings.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import TYPE_CHECKING, Any
+
+from audit.verdicts import format_p, student_of
+from reports.build import ci_text, delta_ci_text, missing, num, probe_label, student_label
+from reports.render import md_escape
+
+if TYPE_CHECKING:
+    from audit.verdicts import GateResult
+
+CARD_TITLE = "Bias and fairness evaluation (bequeath)"
+TASK_TYPE = "text-generation"  # the Hub's task id for a causal LM's benchmarks
+
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def _group(c: dict) -> str:
+    return "overall" if c.get("group_key") == "all" else f"{c.get('group_key')}: {c.get('group')}"
+
+
+def _comparisons(run: dict, student: str) -> list[dict]:
+    return [c for c in run.get("comparisons", []) if c.get("kind", "bias") == "bias" and student_of(c)[0] == student]
+
+
+def _p_adj(d: dict) -> str:
+    return "not tested" if missing(d.get("p_adj")) else format_p(d["p_adj"], d.get("p_floor"))
+
+
+def _one_line(text: object) -> str:
+    """Control characters (newlines included) as spaces: a name can never start a new line of YAML or LaTeX."""
+    return "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in str(text))
+
+
+def _models(run: dict) -> dict[str, dict]:
+    return {m["name"]: m for m in run.get("models", [])}
+
+
+# ---------------------------------------------------------------- the model card
+
+
+def front_matter(run: dict, students: list[str]) -> dict:
+    """Hub metadata: ``model-index`` with each student's task scores as stored (no value: no entry, never 0)."""
+    index = []
+    for name in students:
+        results = []
+        for t in run.get("tasks", []):
+            score = (t.get("scores") or {}).get(name) or {}
+            if t.get("error") or missing(score.get("value")):
+                continue
+            metric = _one_line(t.get("metric") or "score")
+            results.append({"task": {"type": TASK_TYPE, "name": _one_line(t["task"])},
+                            "dataset": {"type": _one_line(t["task"]), "name": _one_line(t["task"])},
+                            "metrics": [{"type": metric, "name": metric, "value": score["value"], "verified": False}]})
+        index.append({"name": _one_line(name), "results": results})
+    return {"tags": ["bequeath", "bias-evaluation", "knowledge-distillation"], "model-index": index}
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=2**31 - 1)
+
+
+def _scored(probe: dict, model: str) -> str:
+    s = (probe.get("models") or {}).get(model) or {}
+    if s.get("error"):
+        return f"failed: {md_escape(s['error'])}"
+    return f"{md_escape(s.get('n_scored', 'missing'))} ({md_escape(s.get('n_invalid', 0))} invalid)"
+
+
+def _measured(run: dict, name: str) -> list[str]:
+    lines = ["| probe | version | items | scored: teacher | scored: student | metrics |", "|---|---|---|---|---|---|"]
+    teacher = next((m["name"] for m in run.get("models", []) if m.get("role") == "teacher"), "teacher")
+    for p in run.get("probes", []):
+        size = f"{p.get('n_total', 'missing')}" + (f" (limit {p['limit']} per group)" if p.get("limit") else "")
+        metrics = ", ".join(md_escape(m.get("name", "")) for m in p.get("metrics", []))
+        lines.append(f"| {md_escape(probe_label(p['probe']))} | {md_escape(p.get('version', ''))} | {md_escape(size)} "
+                     f"| {_scored(p, teacher)} | {_scored(p, name)} | {metrics} |")
+    if run.get("tasks"):
+        lines += ["", "| task | metric | documents |", "|---|---|---|"]
+        for t in run["tasks"]:
+            n = f"failed: {md_escape(t['error'])}" if t.get("error") else t.get("n", "missing")
+            lines.append(f"| {md_escape(t['task'])} | {md_escape(t.get('metric') or 'missing')} | {n} |")
+    return lines
+
+
+def _bias(side: dict) -> str:
+    return "missing" if missing(side.get("bias")) else f"{num(side['bias'], sign=True)} {ci_text(side.get('ci'))}"
+
+
+def md_bias_row(c: dict) -> str:
+    """One comparison as a Markdown table row (module docstring: untrusted text escaped)."""
+    _, s = student_of(c)
+    t, d = c.get("teacher") or {}, c.get("delta") or {}
+    delta = "missing" if missing(d.get("value")) else f"{num(d['value'], sign=True)} ({delta_ci_text(d)})"
+    cells = [md_escape(probe_label(c["probe"])), md_escape(c["metric"]), md_escape(_group(c)), str(c.get("n", "missing")),
+             _bias(t), _bias(s), delta, _p_adj(d), md_escape(c.get("verdict") or "inconclusive")]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _md_tasks(run: dict, name: str, teacher: str) -> list[str]:
+    lines = [f"| task | metric | n | teacher {md_escape(teacher)} [95% CI] | this student [95% CI] | retention [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    for t in run.get("tasks", []):
+        if t.get("error"):
+            lines.append(f"| {md_escape(t['task'])} | missing | missing | missing: {md_escape(t['error'])} | missing | missing |")
+            continue
+        sc, ret = t.get("scores") or {}, (t.get("retention") or {}).get(name) or {}
+        cells = [_score(sc.get("teacher")), _score(sc.get(name)), _score(ret, ".2f")]
+        lines.append(f"| {md_escape(t['task'])} | {md_escape(t.get('metric') or 'missing')} | {t.get('n', 'missing')} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def _score(score: dict | None, fmt: str = ".3f") -> str:
+    if not score or missing(score.get("value")):
+        return "missing"
+    return f"{num(score['value'], fmt)} {ci_text(score.get('ci'), fmt)}"
+
+
+def _provenance(run: dict, name: str) -> list[str]:
+    prov, integ, models = run.get("provenance") or {}, run.get("integrity") or {}, _models(run)
+    teacher = next((m for m in models.values() if m.get("role") == "teacher"), {})
+    rows = [("run created", run.get("created")), ("run status", run.get("status")),
+            ("bequeath version", prov.get("bequeath")), ("bequeath git commit", prov.get("git")),
+            ("spec hash (sha256)", prov.get("spec_hash")),
+            ("run.json integrity digest (sha256)", integ.get("sha256")),
+            ("signed (HMAC-SHA256)", "yes" if integ.get("hmac_sha256") else "no"),
+            ("items.jsonl sha256", run.get("items_sha256")),
+            ("teacher content hash", teacher.get("content_hash")),
+            ("student content hash", (models.get(name) or {}).get("content_hash"))]
+    return [f"- {label}: {md_escape(v) if v not in (None, '') else 'missing'}" for label, v in rows]
+
+
+def _card_section(st: dict, view: dict, run: dict, gate: GateResult) -> list[str]:
+    name, settings = st["name"], run.get("settings") or {}
+    model = _models(run).get(name) or {}
+    teacher = view["teacher"]
+    params = num(model.get("n_params") / 1e6, ".1f") + "M parameters" if not missing(model.get("n_params")) else "parameters missing"
+    lines = [f"## {CARD_TITLE}: {md_escape(name).replace('#', '&#35;')}", "",
+             f"{md_escape(student_label(model)[0].upper() + student_label(model)[1:])} ({params}, source "
+             f"{md_escape(model.get('source') or 'missing')}) was audited side by side with its teacher "
+             f"{md_escape(teacher)} by bequeath: the same items, paired statistics, and an inheritance verdict for "
+             "every probe, metric and group.", "",
+             f"**Gate: {st['status'].upper()}** (policy: {md_escape(view['gate']['policy'])}; fails on "
+             f"{md_escape(', '.join(view['gate']['fail_verdicts']))}). This student {md_escape(st['status_text'])}."]
+    lines += [f"- {c['status'].upper()} {md_escape(c['name'])}: {md_escape(c['reason'])}" for c in st["checks"]
+              if c["status"] in ("fail", "error")]
+    warnings = sum(c["status"] == "warning" for c in st["checks"])
+    if warnings:
+        lines.append(f"- {warnings} cell(s) not evaluated (warnings; undecided or too few items): see their verdicts below "
+                     "and in report.html")
+    lines += [f"- {c.status.upper()} (whole run) {md_escape(c.name)}: {md_escape(c.reason)}" for c in gate.checks
+              if c.student is None and c.status != "pass"]
+    lines += ["", "### What was measured", "", *_measured(run, name), "",
+              "### Bias: teacher vs this student", "",
+              f"Bias in signed points from neutral (0 = neutral), with 95% cluster-bootstrap CIs; \u0394 = student "
+              f"\u2212 teacher with its interval at the level that made the decision, and its p-value adjusted across "
+              f"the audit ({md_escape(settings.get('correction', 'missing'))}); tolerance \u03c4 = "
+              f"{md_escape(settings.get('tolerance', 'missing'))} points, \u03b1 = {md_escape(settings.get('alpha', 'missing'))}.", "",
+              "| probe | metric | group | n | teacher bias [95% CI] | student bias [95% CI] | \u0394 (CI) | adjusted p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [md_bias_row(c) for c in _comparisons(run, name)] or ["| no comparisons | | | | | | | | |"]
+    if run.get("tasks"):
+        lines += ["", "### Task scores and retention", "", *_md_tasks(run, name, teacher)]
+    lines += ["", "### Provenance", "", *_provenance(run, name), "",
+              "Re-check the stored run with `bequeath gate RUN_DIR`: it verifies the digest (and the signature, when "
+              "a key is set) and recomputes every figure above from items.jsonl.", ""]
+    return lines
+
+
+def model_card(view: dict, run: dict, gate: GateResult) -> str:
+    """MODEL_CARD.md: YAML front matter (``model-index`` per student), then one section per student to
+    paste into that student's README.md."""
+    names = [s["name"] for s in view["students"]]
+    lines = ["---", _yaml(front_matter(run, names)).rstrip("\n"), "---", "",
+             "<!-- written by `bequeath report --format model-card` from a verified run.json; keep the front matter "
+             "entry and the section of your student when you paste them into its README.md -->", ""]
+    for st in view["students"]:
+        lines += _card_section(st, view, run, gate)
+    if not names:
+        lines += [f"## {CARD_TITLE}", "", "This run has no student.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- LaTeX
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "%": r"\%", "#": r"\#",
+                 "_": r"\_", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+                 ">": r"\textgreater{}", "|": r"\textbar{}",
+                 # after a row's \\ a cell starting with [ or * would be read as \\[len] or \\*
+                 "[": "{[}", "]": "{]}", "*": "{*}"}
+LIGATURES = {("-", "-"), ("`", "`"), ("'", "'"), ("!", "`"), ("?", "`"), (",", ","), ("<", "<"), (">", ">")}
+# non-ASCII that pdflatex's default utf8 input handles in OT1 and T1: Latin-1 letters, typographic quotes and dashes
+LATEX_UNICODE = frozenset(chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7)) | frozenset("\u2018\u2019\u201c\u201d\u2013\u2014")
+
+
+def latex_escape(text: object) -> str:
+    """Untrusted text as literal LaTeX text (pdflatex, any document): specials as commands, no ligature
+    joins two characters, newlines and control characters as spaces, other non-ASCII characters by
+    their accent-free letter or as U+XXXX."""
+    out, prev = [], ""
+    for ch in _one_line(text):
+        if (prev, ch) in LIGATURES:
+            out.append("{}")
+        prev = ch
+        if ch in LATEX_SPECIAL:
+            out.append(LATEX_SPECIAL[ch])
+        elif " " <= ch <= "~" or ch in LATEX_UNICODE:
+            out.append(ch)
+        else:
+            plain = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+            out.append(latex_escape(plain) if plain and plain.isascii() and plain.isprintable()
+                       else f"U+{ord(ch):04X}")
+            prev = ""
+    return "".join(out)
+
+
+def _tex_num(x: Any, fmt: str = ".1f", *, sign: bool = False) -> str:
+    return "missing" if missing(x) else f"${format(x, ('+' if sign else '') + fmt)}$"
+
+
+def _tex_ci(ci: Any, fmt: str = ".1f") -> str:
+    if not ci or any(missing(v) for v in ci):
+        return "[missing]"
+    return f"[{_tex_num(ci[0], fmt)}, {_tex_num(ci[1], fmt)}]"
+
+
+def _tex_level(level: Any) -> str:
+    return "" if missing(level) else " (" + f"{100 * level:.2f}".rstrip("0").rstrip(".") + r"\%)"
+
+
+def _tex_p(d: dict) -> str:
+    p, floor = d.get("p_adj"), d.get("p_floor")
+    if missing(p):
+        return "not tested"
+    return f"$\\le {floor:.2g}$" if not missing(floor) and p <= floor else f"${p:.3g}$"
+
+
+def latex_bias_row(c: dict) -> str:
+    name, s = student_of(c)
+    t, d = c.get("teacher") or {}, c.get("delta") or {}
+    cells = [latex_escape(name), latex_escape(probe_label(c["probe"])), latex_escape(c["metric"]), latex_escape(_group(c)),
+             f"{_tex_num(t.get('bias'), sign=True)} {_tex_ci(t.get('ci'))}",
+             f"{_tex_num(s.get('bias'), sign=True)} {_tex_ci(s.get('ci'))}",
+             f"{_tex_num(d.get('value'), sign=True)} {_tex_ci(d.get('ci_decision'))}{_tex_level(d.get('level'))}",
+             _tex_p(d), latex_escape(c.get("verdict") or "inconclusive")]
+    return " & ".join(cells) + r" \\"
+
+
+def _tex_tasks(run: dict, students: list[str], teacher: str) -> list[str]:
+    lines = [r"\begin{tabular}{llrlll}", r"\toprule",
+             r"Task & Metric & $n$ & Model & Score [95\% CI] & Retention [95\% CI] \\", r"\midrule"]
+    for i, t in enumerate(run.get("tasks", [])):
+        if i:
+            lines.append(r"\midrule")
+        task, metric = latex_escape(t["task"]), latex_escape(t.get("metric") or "missing")
+        if t.get("error"):
+            lines.append(f"{task} & {metric} & missing & all & missing (task failed) & missing \\\\")
+            continue
+        scores = t.get("scores") or {}
+        for who, label in [("teacher", f"teacher {teacher}"), *((s, s) for s in students)]:
+            sc = scores.get(who) or {}
+            ret = "---" if who == "teacher" else _tex_score((t.get("retention") or {}).get(who), ".2f")
+            lines.append(f"{task} & {metric} & {t.get('n', 'missing')} & {latex_escape(label)} & {_tex_score(sc)} & {ret} \\\\")
+    return lines + [r"\bottomrule", r"\end{tabular}"]
+
+
+def _tex_score(score: dict | None, fmt: str = ".3f") -> str:
+    if not score or missing(score.get("value")):
+        return "missing"
+    return f"{_tex_num(score['value'], fmt)} {_tex_ci(score.get('ci'), fmt)}"
+
+
+def latex(view: dict, run: dict) -> str:
+    """verdicts.tex: a booktabs tabular with one row per comparison, then the task table (needs
+    ``\\usepackage{booktabs}``; ``\\input`` it, or copy each tabular into a table environment)."""
+    names = [s["name"] for s in view["students"]]
+    settings, integ = run.get("settings") or {}, run.get("integrity") or {}
+    lines = [f"% bequeath audit of teacher {latex_escape(view['teacher'])}, run {latex_escape(run.get('created', 'missing'))}, "
+             f"integrity sha256 {latex_escape(integ.get('sha256') or 'missing')}",
+             "% written by `bequeath report --format latex`; needs \\usepackage{booktabs}",
+             f"% bias in signed points (0 = neutral), 95\\% CIs; Delta = student - teacher with its interval at the level that "
+             f"decided it (in parentheses); p adjusted ({latex_escape(settings.get('correction', 'missing'))}); "
+             f"tolerance {latex_escape(settings.get('tolerance', 'missing'))} points, alpha {latex_escape(settings.get('alpha', 'missing'))}",
+             r"\begin{tabular}{lllllllll}", r"\toprule",
+             r"Student & Probe & Metric & Group & Teacher bias [95\% CI] & Student bias [95\% CI] & $\Delta$ [CI] "
+             r"& $p_{\mathrm{adj}}$ & Verdict \\", r"\midrule"]
+    for i, name in enumerate(names):
+        rows = [latex_bias_row(c) for c in _comparisons(run, name)]
+        if i and rows:
+            lines.append(r"\midrule")
+        lines += rows
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if run.get("tasks"):
+        lines += ["", r"\medskip", "", *_tex_tasks(run, names, view["teacher"])]
+    return "\n".join(lines) + "\n"
