@@ -1,9 +1,10 @@
 """Teacher-student comparison records (pure computation); the verdict rules are in audit.verdicts.
 
-``compare_probe`` builds, per student x bias metric x group, one "comparisons" record of
-docs/run-schema.md from per-item columns paired on item ids; ``finalize`` adjusts the p-values
+``compare_probe`` builds, per student x bias metric x group, one cell of a "comparisons" record of
+docs/run-schema.md from per-item columns paired on item ids; ``finalize_records`` adjusts the p-values
 of the whole audit together, prints each Δ interval at the level that decided it, and asks
-``audit.verdicts.decide`` for the verdict. Statistics live in audit.stats.
+``audit.verdicts.decide`` for the verdict: typed ``audit.run_format.Comparison`` records, which
+``finalize`` serialises (``to_json``) as run.json holds them. Statistics live in audit.stats.
 
 - Each model's bias on a cell uses that model's scored items of the cell only (so the
   teacher's figures do not depend on the students it is paired with): the cluster-robust t
@@ -26,12 +27,23 @@ import json
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from audit import stats, verdicts
 from audit.errors import SpecError
+from audit.run_format import (
+    Comparison,
+    Delta,
+    Evidence,
+    Interval,
+    McNemar,
+    ModelSide,
+    Power,
+    Quality,
+)
 from probes.base import Metric, columns_of
 
 ALL = "all"
@@ -99,8 +111,15 @@ def num(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _interval(ci) -> Interval:
+    """An interval of a record: (low, high) of finite numbers, or None."""
+    return None if ci is None or any(num(v) is None for v in ci) else (float(ci[0]), float(ci[1]))
+
+
 def _ci(ci) -> list[float] | None:
-    return None if ci is None or any(num(v) is None for v in ci) else [float(ci[0]), float(ci[1])]
+    """An interval as a task's JSON figures hold it: [low, high], or None."""
+    iv = _interval(ci)
+    return None if iv is None else list(iv)
 
 
 def _rng(settings: Settings, *key: str) -> np.random.Generator:
@@ -253,7 +272,7 @@ class _Side:
             self._lin = stats.contributions(_bias_stat(self.metric), self.cols, self.codes, self.k) if self.items else None
         return self._lin
 
-    def doc(self, settings: Settings) -> dict:
+    def doc(self, settings: Settings) -> ModelSide:
         """The stored numbers of this model on the cell (see the module docstring)."""
         n, k, alpha = len(self.items), self.k, settings.alpha_eff
         need = max(settings.min_items, self.metric.min_items)
@@ -275,21 +294,23 @@ class _Side:
             ci, tost = stats.t_interval(self.lin, 1 - alpha), stats.t_interval(self.lin, 1 - 2 * alpha)
             if ci is None:
                 why = "every cluster gives the same value: a zero-width interval decides nothing"
-        side = {"value": value, "bias": num(bias), "ci": _ci(ci), "ci_tost": _ci(tost), "n": n,
-                "n_clusters": k, "why": why}
-        side["state"] = verdicts.model_state(side, settings.tolerance)
-        side["biased"] = {"biased": True, "within tolerance": False}.get(side["state"])
-        return side
+        ci, tost = _interval(ci), _interval(tost)
+        state = verdicts.model_state({"bias": num(bias), "ci": ci, "ci_tost": tost}, settings.tolerance)
+        return ModelSide(value=value, bias=num(bias), ci=ci, ci_tost=tost, n=n, n_clusters=k, why=why, state=state,
+                         biased={"biased": True, "within tolerance": False}.get(state))
 
 
 def compare_probe(*, probe: str, metrics: Sequence[Metric], group_keys: Sequence[str], items: Sequence[ItemInfo],
                   teacher: Mapping[str, Mapping[str, float]],
                   students: Mapping[str, Mapping[str, Mapping[str, float]]], settings: Settings,
-                  ability: Ability | None = None) -> list[dict]:
-    """One record per student x bias metric x group ("all"/"all" first, then each key's values).
+                  ability: Ability | None = None) -> list[dict[str, Any]]:
+    """One cell per student x bias metric x group ("all"/"all" first, then each key's values).
 
-    p_adj, the decision interval and the verdict stay None until ``finalize``.
-    The student's name is under "student_name"; "student" holds its numbers, like "teacher".
+    A cell is a ``Comparison`` not yet finalised: its fields by name, the parts typed (``ModelSide``,
+    ``Delta``...), with p_adj, the decision interval and the verdict None until ``finalize``, and the
+    sign-flip test under "_signflip". A dict, so a caller may relabel a cell before finalising it
+    (bench/verdict_calibration.py). The student's name is under "student_name"; "student" holds its
+    numbers, like "teacher".
     """
     ability = ability or Ability()
     quality = [m for m in metrics if m.kind == "quality"]
@@ -314,15 +335,17 @@ def compare_probe(*, probe: str, metrics: Sequence[Metric], group_keys: Sequence
     return out
 
 
-def _cell(metric: Metric, quality: Sequence[Metric], cell: Sequence[ItemInfo], t_side: _Side, t_doc: dict,
-          s_rows, settings: Settings, rng: np.random.Generator) -> dict:
-    """The statistics of one comparison cell."""
+def _cell(metric: Metric, quality: Sequence[Metric], cell: Sequence[ItemInfo], t_side: _Side, t_doc: ModelSide,
+          s_rows, settings: Settings, rng: np.random.Generator) -> dict[str, Any]:
+    """The statistics of one comparison cell (the fields after the cell's labels; see ``compare_probe``)."""
     s_side = _Side(metric, cell, s_rows)
     paired = [it for it in t_side.items if it.id in s_rows]
     tp, sp = t_side.restrict(paired), s_side.restrict(paired)
-    rec = {"n": len(paired), "n_clusters": tp.k, "teacher": t_doc, "student": s_side.doc(settings),
-           "mcnemar": None, "evidence": None, "quality": [], "power": None, "verdict": None, "reason": None}
-    rec["delta"], sf = _delta(tp, sp, rec, settings, rng)
+    s_doc = s_side.doc(settings)
+    delta, sf = _delta(tp, sp, t_doc, s_doc, settings, rng)
+    rec = {"n": len(paired), "n_clusters": tp.k, "teacher": t_doc, "student": s_doc,
+           "mcnemar": None, "evidence": None, "quality": [], "power": None, "verdict": None, "reason": None,
+           "delta": delta}
     if sf is not None:
         rec["_signflip"] = sf
     if not paired:
@@ -333,50 +356,45 @@ def _cell(metric: Metric, quality: Sequence[Metric], cell: Sequence[ItemInfo], t
     b = metric.binary
     if b and b in tc and b in sc:
         mc = stats.mcnemar_exact(tc[b], sc[b])
-        rec["mcnemar"] = {"b": mc.b, "c": mc.c, "p": num(mc.p), "p_adj": None}
+        rec["mcnemar"] = McNemar(b=mc.b, c=mc.c, p=num(mc.p), p_adj=None)
     rec["evidence"] = _evidence(metric, tc, sc)
-    rec["quality"] = [{"metric": q.name, "teacher": num(_compute(q, tc)), "student": num(_compute(q, sc))}
+    rec["quality"] = [Quality(metric=q.name, teacher=num(_compute(q, tc)), student=num(_compute(q, sc)))
                       for q in quality]
     return rec
 
 
-def _delta(tp: _Side, sp: _Side, rec: dict, settings: Settings, rng: np.random.Generator):
+def _delta(tp: _Side, sp: _Side, t: ModelSide, s: ModelSide, settings: Settings,
+           rng: np.random.Generator) -> tuple[Delta, stats.SignFlip | None]:
     """Δ's record (intervals at 1 − α and 1 − 2α; the decision interval comes in ``finalize``)."""
     alpha = settings.alpha_eff
-    d = {"value": None, "ci": None, "ci_equiv": None, "ci_decision": None, "level": None, "p": None,
-         "p_adj": None, "p_floor": None, "method": None, "tested": False, "why": None}
-    t, s = rec["teacher"], rec["student"]
-    if t["bias"] is not None and s["bias"] is not None:
-        d["value"] = s["bias"] - t["bias"]  # each model on its own items; equal to the paired Δ̂ when they agree
+    # each model on its own items; equal to the paired Δ̂ when they agree
+    value = None if t.bias is None or s.bias is None else s.bias - t.bias
+    untested = Delta(value=value, ci=None, ci_equiv=None, ci_decision=None, level=None, p=None, p_adj=None,
+                     p_floor=None, method=None, tested=False, why=None)
     if tp.k < 2 or tp.lin is None or sp.lin is None:
-        d["why"] = ("Δ needs at least 2 clusters scored by both models" if tp.k < 2
-                    else "Δ is undefined when one cluster is left out")
-        return d, None
+        return replace(untested, why="Δ needs at least 2 clusters scored by both models" if tp.k < 2
+                       else "Δ is undefined when one cluster is left out"), None
     sf = stats.SignFlip(sp.lin.contrib - tp.lin.contrib, tp.lin.weights, n_perm=settings.n_perm, rng=rng)
-    d.update(value=num(sf.delta), p=num(sf.p()), p_floor=sf.p_floor,
-             method=f"cluster sign-flip, {'exact over 2^' + str(tp.k) if sf.exact else f'{settings.n_perm} draws'}",
-             ci=_ci(sf.interval(1 - alpha)), ci_equiv=_ci(sf.interval(1 - 2 * alpha)))
-    if sf.p_floor > alpha:
-        d["why"] = (f"only {tp.k} clusters: the smallest attainable p is {sf.p_floor:.3g}, above α {alpha:.3g}; "
-                    "Δ was not tested")
-    else:
-        d["tested"] = True
-    return d, sf
+    tested = sf.p_floor <= alpha
+    why = None if tested else (f"only {tp.k} clusters: the smallest attainable p is {sf.p_floor:.3g}, above "
+                               f"α {alpha:.3g}; Δ was not tested")
+    return replace(untested, value=num(sf.delta), p=num(sf.p()), p_floor=sf.p_floor,
+                   method=f"cluster sign-flip, {'exact over 2^' + str(tp.k) if sf.exact else f'{settings.n_perm} draws'}",
+                   ci=_interval(sf.interval(1 - alpha)), ci_equiv=_interval(sf.interval(1 - 2 * alpha)),
+                   tested=tested, why=why), sf
 
 
-def _evidence(metric: Metric, tc: dict, sc: dict) -> dict | None:
+def _evidence(metric: Metric, tc: dict, sc: dict) -> Evidence | None:
     b, m = metric.binary, metric.margin
     has_b = bool(b and b in tc and b in sc)
     has_m = bool(m and m in tc and m in sc)
     if not (has_b or has_m):
         return None
-    ev = {"p_s_given_t": None, "p_s_given_not_t": None, "kappa": None, "margin_corr": None}
+    ev: dict[str, float | None] = {"p_s_given_t": None, "p_s_given_not_t": None, "kappa": None}
     if has_b:
         ev.update({k: num(v) for k, v in stats.inheritance_evidence(tc[b], sc[b]).items()
                    if k != "margin_corr"})
-    if has_m:
-        ev["margin_corr"] = num(stats.spearman(tc[m], sc[m]))
-    return ev
+    return Evidence(**ev, margin_corr=num(stats.spearman(tc[m], sc[m])) if has_m else None)
 
 
 # ---------------------------------------------------------------- the audit-wide family and verdicts
@@ -411,49 +429,55 @@ def decision_levels(pvalues: Sequence[float], alpha: float, method: str) -> tupl
     return adj, levels
 
 
-def finalize(comparisons: list[dict], settings: Settings) -> list[dict]:
-    """Adjust every tested Δ of the audit together, then assign verdicts (new records returned).
+def finalize(comparisons: Sequence[Mapping[str, Any]], settings: Settings) -> list[dict[str, Any]]:
+    """The records of ``finalize_records`` as run.json holds them (the cells given are left alone)."""
+    return [c.to_json() for c in finalize_records(comparisons, settings)]
+
+
+def finalize_records(comparisons: Sequence[Mapping[str, Any]], settings: Settings) -> list[Comparison]:
+    """Adjust every tested Δ of the audit together, then assign verdicts: one ``Comparison`` per cell of
+    ``compare_probe``.
 
     McNemar p-values are adjusted as a family of their own: they are evidence shown beside the
     verdict, not part of it, so they do not dilute the tests that decide.
     """
     alpha, tau = settings.alpha_eff, settings.tolerance
-    recs = [{k: v for k, v in r.items() if k != "_signflip"} | {"delta": dict(r["delta"])} for r in comparisons]
-    flips = [r.get("_signflip") for r in comparisons]
-    family = [i for i, r in enumerate(recs) if r["delta"].get("tested")]
-    adj, levels = decision_levels([recs[i]["delta"]["p"] for i in family], alpha, settings.correction)
+    family = [i for i, r in enumerate(comparisons) if r["delta"].tested]
+    adj, levels = decision_levels([comparisons[i]["delta"].p for i in family], alpha, settings.correction)
     level_of = dict(zip(family, levels, strict=True))
-    for i, p_adj in zip(family, adj, strict=True):
-        recs[i]["delta"]["p_adj"] = num(p_adj)
-    mc = [i for i, r in enumerate(recs) if r.get("mcnemar") and r["mcnemar"].get("p") is not None]
-    for i, p_adj in zip(mc, stats.adjust_pvalues([recs[i]["mcnemar"]["p"] for i in mc], settings.correction),
-                        strict=True):
-        recs[i]["mcnemar"] = {**recs[i]["mcnemar"], "p_adj": num(p_adj)}
+    p_adj = dict(zip(family, (num(p) for p in adj), strict=True))
+    mc = [i for i, r in enumerate(comparisons) if r["mcnemar"] is not None and r["mcnemar"].p is not None]
+    mc_adj = dict(zip(mc, stats.adjust_pvalues([comparisons[i]["mcnemar"].p for i in mc], settings.correction),
+                      strict=True))
     stop = float(min(levels)) if len(levels) else alpha
-    for i, r in enumerate(recs):
-        sf = flips[i]
+    out = []
+    for i, r in enumerate(comparisons):
+        delta = replace(r["delta"], p_adj=p_adj.get(i, r["delta"].p_adj))
+        mcnemar = replace(r["mcnemar"], p_adj=num(mc_adj[i])) if i in mc_adj else r["mcnemar"]
+        power, sf = r["power"], r.get("_signflip")
         if sf is not None:
             a = float(level_of.get(i, stop))
             ci = sf.interval(1 - a)
-            sig = r["delta"]["p_adj"] is not None and r["delta"]["p_adj"] <= alpha
+            sig = delta.p_adj is not None and delta.p_adj <= alpha
             if ci is not None and not sig and not ci[0] <= 0 <= ci[1]:
                 ci = (min(ci[0], 0.0), max(ci[1], 0.0))  # never an interval that excludes 0 beside "not significant"
-            r["delta"].update(ci_decision=_ci(ci), level=1 - a)
-            if r["delta"]["tested"]:  # an untestable cell has no power to speak of
-                r["power"] = _power(sf, r, a, tau)
-        r["verdict"], r["reason"] = verdicts.decide(r, tau=tau, alpha=alpha)
-    return recs
+            delta = replace(delta, ci_decision=_interval(ci), level=1 - a)
+            if delta.tested:  # an untestable cell has no power to speak of
+                power = _power(sf, r["n"], r["n_clusters"], a, tau)
+        cell = {k: v for k, v in r.items() if k != "_signflip"} | {"delta": delta, "mcnemar": mcnemar, "power": power}
+        verdict, reason = verdicts.decide(cell, tau=tau, alpha=alpha)
+        out.append(Comparison(**cell | {"verdict": verdict, "reason": reason}))
+    return out
 
 
-def _power(sf: stats.SignFlip, r: dict, a: float, tau: float) -> dict:
-    """Minimal detectable Δ at this n (80% power) and the items that would detect τ."""
+def _power(sf: stats.SignFlip, n: int, k: int, a: float, tau: float) -> Power:
+    """Minimal detectable Δ at ``n`` items in ``k`` clusters (80% power) and the items that would detect τ."""
     se = sf.mde_se()
     mde = stats.min_detectable(se, a)
-    k, n = r["n_clusters"], r["n"]
     if not math.isfinite(mde) or mde <= 0 or k == 0:  # no spread between clusters: nothing to extrapolate
-        return {"mde": None, "items_needed": None}
+        return Power(mde=None, items_needed=None)
     clusters = math.ceil(k * (mde / tau) ** 2)
-    return {"mde": num(mde), "items_needed": int(math.ceil(clusters * n / k))}
+    return Power(mde=num(mde), items_needed=int(math.ceil(clusters * n / k)))
 
 
 # ---------------------------------------------------------------- one probe of a run, and a run from its items
@@ -476,8 +500,8 @@ def ability_of(probe) -> Ability:
 
 
 def probe_comparisons(*, name: str, probe, items: Sequence[ItemInfo], cols: Mapping[str, Mapping], teacher: str,
-                      students: Sequence[str], settings: Settings) -> list[dict]:
-    """The comparison records of one probe of an audit (before ``finalize``); [] when nothing pairs."""
+                      students: Sequence[str], settings: Settings) -> list[dict[str, Any]]:
+    """The comparison cells of one probe of an audit (before ``finalize``); [] when nothing pairs."""
     if not (cols.get(teacher) and students):
         return []
     return compare_probe(probe=name, metrics=probe.metrics, group_keys=probe.group_keys, items=items,
@@ -572,5 +596,5 @@ def recompute(run: Mapping, rows: Sequence[Mapping]) -> dict:
 
 
 __all__ = ["Settings", "ItemInfo", "Ability", "recompute", "probe_comparisons", "columns_from_rows", "ability_of",
-           "settings_from_run", "compare_probe", "finalize", "decision_levels", "not_measurable",
+           "settings_from_run", "compare_probe", "finalize", "finalize_records", "decision_levels", "not_measurable",
            "task_scores", "breakdown", "num", "ALL"]

@@ -71,7 +71,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         if not isinstance(value, list) or len(value) != len(get_args(tp)):
             problems.append(f"{path}: expected an interval [low, high], got {value!r}"[:300])
             return None
-        return [_convert(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(value, get_args(tp), strict=True))]
+        return tuple(_convert(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(value, get_args(tp), strict=True)))
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -140,6 +140,17 @@ def _record(cls: type, value: Any, path: str, problems: list[str]) -> Any:
         return None
 
 
+def _to_json(value: Any) -> Any:
+    """``value`` as run.json holds it: records as objects (their field names), intervals as lists."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    return value
+
+
 class _Record:
     @classmethod
     def from_json(cls, value: Any, path: str = "") -> Any:
@@ -149,6 +160,10 @@ class _Record:
         if problems:
             raise RunFormatError(problems)
         return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as run.json holds it (``from_json`` reads it back to an equal record)."""
+        return _to_json(self)
 
 
 Number = float | None
@@ -216,6 +231,8 @@ class Power(_Record):
 
 @dataclass(frozen=True, kw_only=True)
 class Comparison(_Record):
+    """One teacher-student cell: student x probe x bias metric x group (built by audit.compare)."""
+
     student_name: str
     probe: str
     metric: str
@@ -227,13 +244,13 @@ class Comparison(_Record):
     n_clusters: int
     teacher: ModelSide
     student: ModelSide
-    delta: Delta
     mcnemar: McNemar | None
     evidence: Evidence | None
     quality: list[Quality]
     power: Power | None
     verdict: Literal[VERDICTS]  # type: ignore[valid-type]
     reason: str
+    delta: Delta  # last: the key order of run.json, which ``to_json`` keeps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -420,5 +437,6 @@ def integrity_problems(doc: dict, key: bytes | None, *, require_signature: bool 
 RECORDS = (AuditRun, Provenance, Integrity, RunSettings, Look, ModelEntry, ProbeResult, ProbeModel, TaskResult, Score, Comparison,
            ModelSide, Delta, McNemar, Evidence, Quality, Power, RunError)
 
-__all__ = ["AuditRun", "Provenance", "Integrity", "canonical", "integrity_of", "integrity_problems", "signing_key", "Comparison", "ModelSide", "Delta", "TaskResult", "ProbeResult", "ModelEntry",
+__all__ = ["AuditRun", "Provenance", "Integrity", "canonical", "integrity_of", "integrity_problems", "signing_key", "Comparison", "ModelSide", "Delta",
+           "McNemar", "Evidence", "Quality", "Power", "Interval", "TaskResult", "ProbeResult", "ModelEntry",
            "RunSettings", "RunFormatError", "RECORDS"]

@@ -61,13 +61,19 @@ def _interval(ci: Any) -> tuple[float, float] | None:
     return None
 
 
+def _get(part: Any, name: str) -> Any:
+    """A field of a comparison or one of its parts, read from run.json (an object) or from its typed
+    record (audit.run_format); None when absent."""
+    return part.get(name) if isinstance(part, Mapping) else getattr(part, name, None)
+
+
 def sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
-def model_state(side: Mapping[str, Any], tau: float) -> str:
+def model_state(side: Any, tau: float) -> str:
     """'biased', 'within tolerance' or 'undetermined' from a model's stored bias and intervals."""
-    b, ci, tost = side.get("bias"), _interval(side.get("ci")), _interval(side.get("ci_tost"))
+    b, ci, tost = _get(side, "bias"), _interval(_get(side, "ci")), _interval(_get(side, "ci_tost"))
     if not _finite(b) or ci is None or tost is None:
         return "undetermined"
     if (ci[0] > 0 or ci[1] < 0) and abs(b) >= tau:
@@ -77,9 +83,9 @@ def model_state(side: Mapping[str, Any], tau: float) -> str:
     return "undetermined"
 
 
-def significant(delta: Mapping[str, Any], tau: float, alpha: float) -> bool:
+def significant(delta: Any, tau: float, alpha: float) -> bool:
     """Adjusted p ≤ α and the estimate at least τ away from 0."""
-    p, d = delta.get("p_adj"), delta.get("value")
+    p, d = _get(delta, "p_adj"), _get(delta, "value")
     return _finite(p) and _finite(d) and p <= alpha and abs(d) >= tau
 
 
@@ -92,20 +98,20 @@ def _ci_txt(ci: Any) -> str:
     return "no interval" if iv is None else f"[{iv[0]:.1f}, {iv[1]:.1f}]"
 
 
-def _side_txt(role: str, side: Mapping[str, Any], state: str) -> str:
-    if not _finite(side.get("bias")):
+def _side_txt(role: str, side: Any, state: str) -> str:
+    if not _finite(_get(side, "bias")):
         return f"{role} {state} (bias missing)"
-    return f"{role} {state} ({_pts(side['bias'])} pts, 95% CI {_ci_txt(side.get('ci'))})"
+    return f"{role} {state} ({_pts(_get(side, 'bias'))} pts, 95% CI {_ci_txt(_get(side, 'ci'))})"
 
 
-def _delta_txt(delta: Mapping[str, Any]) -> str:
-    if not _finite(delta.get("value")):
+def _delta_txt(delta: Any) -> str:
+    if not _finite(_get(delta, "value")):
         return "Δ missing"
-    level = delta.get("level")
+    level = _get(delta, "level")
     lvl = f"{100 * level:.2f}".rstrip("0").rstrip(".") + "%" if _finite(level) else "decision-level"
-    p = delta.get("p_adj")
-    ptxt = "not tested" if not _finite(p) else f"adjusted p {format_p(p, delta.get('p_floor'))}"
-    return f"Δ {_pts(delta['value'])}, {lvl} CI {_ci_txt(delta.get('ci_decision'))}, {ptxt}"
+    p = _get(delta, "p_adj")
+    ptxt = "not tested" if not _finite(p) else f"adjusted p {format_p(p, _get(delta, 'p_floor'))}"
+    return f"Δ {_pts(_get(delta, 'value'))}, {lvl} CI {_ci_txt(_get(delta, 'ci_decision'))}, {ptxt}"
 
 
 def format_p(p: float, floor: Any = None) -> str:
@@ -115,14 +121,15 @@ def format_p(p: float, floor: Any = None) -> str:
     return f"{p:.3g}"
 
 
-def decide(rec: Mapping[str, Any], *, tau: float, alpha: float) -> tuple[str, str]:
-    """The verdict of one comparison record and its plain-English reason (rules: module docstring)."""
-    t, s, d = rec.get("teacher") or {}, rec.get("student") or {}, rec.get("delta") or {}
-    if rec.get("not_measurable"):
-        return "not measurable", f"{rec['not_measurable']}; the numbers are shown, not judged"
+def decide(rec: Any, *, tau: float, alpha: float) -> tuple[str, str]:
+    """The verdict of one comparison and its plain-English reason (rules: module docstring). ``rec``: the
+    record as run.json holds it, or with its parts (or itself) typed (audit.run_format)."""
+    t, s, d = _get(rec, "teacher") or {}, _get(rec, "student") or {}, _get(rec, "delta") or {}
+    if _get(rec, "not_measurable"):
+        return "not measurable", f"{_get(rec, 'not_measurable')}; the numbers are shown, not judged"
     T, S = model_state(t, tau), model_state(s, tau)
     sig = significant(d, tau, alpha)
-    bt, bs, dv = t.get("bias"), s.get("bias"), d.get("value")
+    bt, bs, dv = _get(t, "bias"), _get(s, "bias"), _get(d, "value")
     sides = f"{_side_txt('teacher', t, T)}, {_side_txt('student', s, S)}"
     dtxt = _delta_txt(d)
     if not (_finite(bt) and _finite(bs) and _finite(dv)):  # nothing is judged on a missing measurement
@@ -141,25 +148,24 @@ def decide(rec: Mapping[str, Any], *, tau: float, alpha: float) -> tuple[str, st
         return "inherited", f"{sides}, same direction; {dtxt}: no significant change beyond {tau:g}"
     if T == "within tolerance" and S == "within tolerance":
         return "not detected", f"{sides}: both within ±{tau:g} points (two one-sided tests at α {alpha:g})"
-    equiv = _interval(d.get("ci_equiv"))
+    equiv = _interval(_get(d, "ci_equiv"))
     if equiv is not None and -tau < equiv[0] and equiv[1] < tau:
         return "unchanged", (f"{sides}; Δ {_pts(dv)} with {100 * (1 - 2 * alpha):g}% interval "
                              f"{_ci_txt(equiv)} inside ±{tau:g}: the student matches the teacher")
     return "inconclusive", _inconclusive(rec, T, S, sides, dtxt, tau)
 
 
-def _inconclusive(rec: Mapping[str, Any], T: str, S: str, sides: str, dtxt: str, tau: float) -> str:
+def _inconclusive(rec: Any, T: str, S: str, sides: str, dtxt: str, tau: float) -> str:
     """What is missing, and what would decide the cell."""
-    why = [w for w in (rec.get("teacher", {}).get("why"), rec.get("student", {}).get("why"),
-                       (rec.get("delta") or {}).get("why")) if w]
+    why = [w for w in (_get(_get(rec, part), "why") for part in ("teacher", "student", "delta")) if w]
     text = f"{sides}; {dtxt}"
     if why:
         text += "; " + "; ".join(dict.fromkeys(why))
-    power = rec.get("power") or {}
-    if _finite(power.get("mde")):
-        text += f"; smallest Δ detectable at this n (80% power): {power['mde']:.1f} points"
-        if _finite(power.get("items_needed")) and power["items_needed"] > (rec.get("n") or 0):
-            text += f"; about {int(power['items_needed'])} items would detect a change of {tau:g}"
+    mde, needed = _get(_get(rec, "power"), "mde"), _get(_get(rec, "power"), "items_needed")
+    if _finite(mde):
+        text += f"; smallest Δ detectable at this n (80% power): {mde:.1f} points"
+        if _finite(needed) and needed > (_get(rec, "n") or 0):
+            text += f"; about {int(needed)} items would detect a change of {tau:g}"
     return text
 
 

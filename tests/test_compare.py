@@ -150,7 +150,7 @@ def _run(settings=None, students=None):
 
 def test_planted_groups_get_their_verdicts():
     *_, recs = _run()
-    assert all(r["verdict"] is None and r["delta"]["p_adj"] is None for r in recs)
+    assert all(r["verdict"] is None and r["delta"].p_adj is None for r in recs)
     fin = finalize(recs, Settings())
     got = {r["group"]: r["verdict"] for r in fin if r["metric"] == "pct_stereotype" and r["group_key"] == "axis"}
     assert got == {"inh": "inherited", "amp": "amplified", "att": "attenuated", "ctl": "unchanged",
@@ -233,7 +233,7 @@ def test_records_cover_every_student_metric_and_group_in_order():
     assert keys == [("soft", m, k, g) for m in ("pct_stereotype", "mean_margin") for k, g in groups]
     margin = [r for r in recs if r["metric"] == "mean_margin"]
     assert all(r["mcnemar"] is None for r in margin)  # not a binary metric
-    assert all(r["evidence"]["kappa"] is None and r["evidence"]["margin_corr"] is not None for r in margin
+    assert all(r["evidence"].kappa is None and r["evidence"].margin_corr is not None for r in margin
                if r["group"] != "thin")
 
 
@@ -262,14 +262,14 @@ def test_finalize_adjusts_all_tested_changes_of_the_audit_together(method, sm_na
     settings = Settings(correction=method)
     *_, recs = _run(settings)
     fin = finalize(recs, settings)
-    tested = [i for i, r in enumerate(recs) if r["delta"]["tested"]]
+    tested = [i for i, r in enumerate(recs) if r["delta"].tested]
     assert len(tested) > 10 and len(tested) < len(recs)  # the 4-cluster group cannot reach α: not in the family
-    ref = multipletests([recs[i]["delta"]["p"] for i in tested], method=sm_name)[1]
+    ref = multipletests([recs[i]["delta"].p for i in tested], method=sm_name)[1]
     np.testing.assert_allclose([fin[i]["delta"]["p_adj"] for i in tested], ref, rtol=1e-12)
-    mc = [i for i, r in enumerate(recs) if r["mcnemar"] and r["mcnemar"]["p"] is not None]
-    ref = multipletests([recs[i]["mcnemar"]["p"] for i in mc], method=sm_name)[1]
+    mc = [i for i, r in enumerate(recs) if r["mcnemar"] and r["mcnemar"].p is not None]
+    ref = multipletests([recs[i]["mcnemar"].p for i in mc], method=sm_name)[1]
     np.testing.assert_allclose([fin[i]["mcnemar"]["p_adj"] for i in mc], ref, rtol=1e-12)
-    assert all(r["delta"]["p_adj"] is None for r in recs)  # the input is left alone
+    assert all(r["delta"].p_adj is None for r in recs)  # the input is left alone
     for r in fin:  # an interval that excludes 0 never sits beside "not significant"
         ci, p_adj = r["delta"]["ci_decision"], r["delta"]["p_adj"]
         if ci is not None and p_adj is not None:
@@ -402,4 +402,4 @@ def test_a_between_groups_metric_gets_no_cell_per_value_of_the_key_it_contrasts(
     recs = compare_probe(probe="p", metrics=[metric], group_keys=["group", "domain"], items=items,
                          teacher=rows, students={"s": rows}, settings=Settings(n_boot=200))
     assert [(r["group_key"], r["group"]) for r in recs] == [("all", "all"), ("domain", "d")]
-    assert recs[0]["teacher"]["bias"] == 100.0 and recs[0]["student"]["bias"] == 100.0
+    assert recs[0]["teacher"].bias == 100.0 and recs[0]["student"].bias == 100.0

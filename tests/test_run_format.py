@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from audit.cli import main
-from audit.run_format import RECORDS, AuditRun, RunFormatError
+from audit.run_format import RECORDS, AuditRun, Comparison, RunFormatError
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,28 @@ def test_every_run_the_audit_writes_reads_back(stored):
         run = AuditRun.from_json(doc)
         assert len(run.comparisons) == len(doc["comparisons"]) and run.status == doc["status"], name
         assert run.comparisons[0].teacher.state in ("biased", "within tolerance", "undetermined")
+
+
+def test_comparisons_the_compare_code_builds_are_what_run_json_holds(audit_runs, stored):
+    """The typed records audit.compare builds from a run's items serialise (``to_json``) to run.json's
+    comparisons, key order included, and read back (``from_json``) to equal records."""
+    from audit.compare import ItemInfo, columns_from_rows, finalize_records, probe_comparisons, settings_from_run
+    from audit.verify import load_run
+    from probes.registry import get_probe
+
+    doc, rows = load_run(audit_runs["complete"])
+    settings = settings_from_run(doc["settings"])
+    (name,) = [p["probe"] for p in doc["probes"]]
+    mine = [r for r in rows if r.get("probe") == name]
+    items = {r["item"]: ItemInfo(id=r["item"], groups=r["groups"], cluster=str(r["cluster"])) for r in mine}
+    cols = {m["name"]: columns_from_rows([r for r in mine if r["model"] == m["name"]]) for m in doc["models"]}
+    records = finalize_records(probe_comparisons(name=name, probe=get_probe(name), items=list(items.values()),
+                                                 cols=cols, teacher="teacher", students=["soft", "hard"],
+                                                 settings=settings), settings)
+    assert records and all(isinstance(c, Comparison) for c in records)
+    assert json.dumps([c.to_json() for c in records]) == json.dumps(stored["complete"]["comparisons"])
+    assert [Comparison.from_json(c.to_json()) for c in records] == records
+    assert AuditRun.from_json(stored["complete"]).comparisons == records
 
 
 @pytest.mark.parametrize("mutate, path", [
