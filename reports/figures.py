@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import re
 
-from audit.verdicts import student_of
+from audit.run_format import AuditRun, ModelSide
 
 TEACHER_STYLE = {"color": "#222222", "marker": "s"}
 # Okabe-Ito colours (colour-blind safe), each with its own marker so colour is never the only cue
@@ -21,20 +21,19 @@ RC = {"svg.fonttype": "none", "svg.hashsalt": "bequeath", "text.parse_math": Fal
       "font.family": "sans-serif", "font.size": 10}
 
 
-def _rows(run: dict, probe: str, metric: str) -> list[tuple[str, list[tuple[str, dict]]]]:
+def _rows(run: AuditRun, probe: str, metric: str) -> list[tuple[str, list[tuple[str, ModelSide]]]]:
     """[(group label, [(model, measurement)...])...]: teacher first, then each student."""
-    groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
-    for c in run.get("comparisons", []):
-        if c["probe"] != probe or c["metric"] != metric:
+    groups: dict[tuple[str, str], list[tuple[str, ModelSide]]] = {}
+    for c in run.comparisons:
+        if c.probe != probe or c.metric != metric:
             continue
-        key = (c["group_key"], c["group"])
-        entry = groups.setdefault(key, [("teacher", c["teacher"])])
-        entry.append(student_of(c))
+        entry = groups.setdefault((c.group_key, c.group), [("teacher", c.teacher)])
+        entry.append((c.student_name, c.student))
     ordered = sorted(groups, key=lambda k: (k[0] != "all", k[0], k[1]))
     return [("overall" if k[0] == "all" else f"{k[0]}: {k[1]}", groups[k]) for k in ordered]
 
 
-def forest_svg(rows: list[tuple[str, list[tuple[str, dict]]]], *, tolerance: float | None,
+def forest_svg(rows: list[tuple[str, list[tuple[str, ModelSide]]]], *, tolerance: float | None,
                title: str, fig_id: str) -> str:
     """One forest plot: each model's bias (points) with its CI per group, neutral line at 0."""
     import matplotlib
@@ -54,11 +53,11 @@ def forest_svg(rows: list[tuple[str, list[tuple[str, dict]]]], *, tolerance: flo
             for name, m in entries:
                 y = r + step * (models.index(name) + 1) - 0.5
                 st = styles[name]
-                if m.get("bias") is None or not m.get("ci"):
+                if m.bias is None or not m.ci:
                     ax.text(0, y, f"{name}: missing", va="center", ha="center", fontsize=8, color=st["color"])
                     continue
-                lo, hi = m["ci"]
-                ax.errorbar([m["bias"]], [y], xerr=[[m["bias"] - lo], [hi - m["bias"]]], fmt=st["marker"],
+                lo, hi = m.ci
+                ax.errorbar([m.bias], [y], xerr=[[m.bias - lo], [hi - m.bias]], fmt=st["marker"],
                             color=st["color"], capsize=3, markersize=5)
         for name in models:
             ax.plot([], [], styles[name]["marker"], color=styles[name]["color"], label=name)
@@ -82,11 +81,10 @@ def _inline(svg: str, prefix: str) -> str:
     return re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", svg)
 
 
-def forest_plots(run: dict) -> list[dict]:
+def forest_plots(run: AuditRun) -> list[dict]:
     """One figure per probe and bias metric: {"id", "title", "svg", "description"}."""
-    tol = (run.get("settings") or {}).get("tolerance")
-    seen = dict.fromkeys((c["probe"], c["metric"]) for c in run.get("comparisons", [])
-                         if c.get("kind", "bias") == "bias")
+    tol = run.settings.tolerance
+    seen = dict.fromkeys((c.probe, c.metric) for c in run.comparisons if c.kind == "bias")
     out = []
     from reports.build import probe_label
 

@@ -1,23 +1,33 @@
 """View-model pieces for the detail sections: per-probe tables and evidence, example items,
-distillation cards and method/provenance (pure; see reports.build)."""
+distillation cards and method/provenance (pure; see reports.build). They read the typed run
+(``audit.run_format``); per-item rows (items.jsonl) stay plain dicts."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
-from audit.verdicts import student_of
-from reports.build import ci_text, delta_ci_text, metric_value, missing, num, probe_label
+from audit.run_format import AuditRun, Comparison, Delta, ModelEntry, ProbeResult
+from reports.build import (
+    ci_text,
+    delta_ci_text,
+    metric_value,
+    missing,
+    num,
+    probe_label,
+    run_errors,
+)
 
 CONTENT_WARNING = ("Content warning: these items contain social stereotypes (some offensive) and raw "
                    "model outputs, shown as plain text.")
 
 
-def _breakdowns(p: dict, models: list[str], shown: dict[str, str]) -> list[dict]:
+def _breakdowns(p: ProbeResult, models: list[str], shown: dict[str, str]) -> list[dict]:
     """fairlearn MetricFrame breakdowns as tables: rows groups, columns models."""
     tables = []
-    for metric in p.get("metrics", []):
-        for key in p.get("group_keys", []):
-            per_model = {m: ((p.get("breakdown") or {}).get(m) or {}).get(metric["name"], {}).get(key) for m in models}
+    for metric in p.metrics:
+        for key in p.group_keys:
+            per_model = {m: (p.breakdown.get(m) or {}).get(metric["name"], {}).get(key) for m in models}
             groups = sorted({g for b in per_model.values() if b for g in (b.get("by_group") or {})})
             rows = [{"group": g, "summary": False, "values": [metric_value(((per_model[m] or {}).get("by_group") or {}).get(g), metric)
                                             for m in models]} for g in groups]
@@ -32,47 +42,45 @@ def _breakdowns(p: dict, models: list[str], shown: dict[str, str]) -> list[dict]
     return tables
 
 
-def _evidence_rows(comps: list[dict]) -> list[dict]:
+def _evidence_rows(comps: list[Comparison]) -> list[dict]:
     rows = []
     for c in comps:
-        name, s = student_of(c)
-        ev, mc, d = c.get("evidence") or {}, c.get("mcnemar") or {}, c["delta"]
+        ev, mc, d = c.evidence, c.mcnemar, c.delta
         rows.append({
-            "student": name, "group": "overall" if c["group_key"] == "all" else f"{c['group_key']}: {c['group']}",
-            "n": c.get("n") if c.get("n") is not None else "missing",
-            "teacher": f"{num(c['teacher'].get('bias'), sign=True)} {ci_text(c['teacher'].get('ci'))}",
-            "student_bias": f"{num(s.get('bias'), sign=True)} {ci_text(s.get('ci'))}",
-            "delta": f"{num(d.get('value'), sign=True)}, {delta_ci_text(d)} (unadjusted 95%: {ci_text(d.get('ci'))})",
-            "delta_value": num(d.get("value"), sign=True), "delta_ci": delta_ci_text(d),
-            "delta_unadjusted": ci_text(d.get("ci")),
+            "student": c.student_name, "group": "overall" if c.group_key == "all" else f"{c.group_key}: {c.group}",
+            "n": c.n,
+            "teacher": f"{num(c.teacher.bias, sign=True)} {ci_text(c.teacher.ci)}",
+            "student_bias": f"{num(c.student.bias, sign=True)} {ci_text(c.student.ci)}",
+            "delta": f"{num(d.value, sign=True)}, {delta_ci_text(d)} (unadjusted 95%: {ci_text(d.ci)})",
+            "delta_value": num(d.value, sign=True), "delta_ci": delta_ci_text(d),
+            "delta_unadjusted": ci_text(d.ci),
             "p_adj": _p_text(d), "p_short": _p_text(d).split(":")[0],
-            "mcnemar": (f"b={mc.get('b')}, c={mc.get('c')}, p_adj {num(mc.get('p_adj'), '.3g')}"
-                        if mc else "not applicable"),
-            "p_s_t": num(ev.get("p_s_given_t"), ".2f") if ev else "not applicable",
-            "p_s_not_t": num(ev.get("p_s_given_not_t"), ".2f") if ev else "not applicable",
-            "kappa": num(ev.get("kappa"), ".2f") if ev else "not applicable",
-            "margin_corr": num(ev.get("margin_corr"), ".2f") if ev else "not applicable",
-            "verdict": c.get("verdict") or "inconclusive", "cls": (c.get("verdict") or "inconclusive").replace(" ", "-"),
-            "reason": c.get("reason") or "no reason stored",
+            "mcnemar": f"b={mc.b}, c={mc.c}, p_adj {num(mc.p_adj, '.3g')}" if mc else "not applicable",
+            "p_s_t": num(ev.p_s_given_t, ".2f") if ev else "not applicable",
+            "p_s_not_t": num(ev.p_s_given_not_t, ".2f") if ev else "not applicable",
+            "kappa": num(ev.kappa, ".2f") if ev else "not applicable",
+            "margin_corr": num(ev.margin_corr, ".2f") if ev else "not applicable",
+            "verdict": c.verdict, "cls": c.verdict.replace(" ", "-"),
+            "reason": c.reason or "no reason stored",
         })
     return rows
 
 
-def _p_text(d: dict) -> str:
+def _p_text(d: Delta) -> str:
     """The adjusted p, never below its resolution; why Δ was not tested otherwise."""
     from audit.verdicts import format_p
 
-    if missing(d.get("p_adj")):
-        return "not tested" + (f": {d['why']}" if d.get("why") else "")
-    return format_p(d["p_adj"], d.get("p_floor"))
+    if missing(d.p_adj):
+        return "not tested" + (f": {d.why}" if d.why else "")
+    return format_p(d.p_adj, d.p_floor)
 
 
-def _examples(p: dict, items: list[dict], students: list[str], n_max: int) -> list[dict]:
+def _examples(p: ProbeResult, items: list[dict], students: list[str], n_max: int) -> list[dict]:
     """Items where teacher and student both chose the stereotype, and where they disagree."""
-    binary = next((m.get("binary") for m in p.get("metrics", []) if m.get("binary")), None)
+    binary = next((m.get("binary") for m in p.metrics if m.get("binary")), None)
     if not binary:
         return []
-    rows = {(r["model"], r["item"]): r for r in items if r.get("probe") == p["probe"]}
+    rows = {(r["model"], r["item"]): r for r in items if r.get("probe") == p.probe}
     teacher_items = [r for (m, _), r in rows.items() if m == "teacher"]
     out = []
     for s in students:
@@ -98,18 +106,18 @@ def _choice(row: dict, binary: str) -> str:
     return word if missing(margin) else f"{word} (margin {num(margin, '.2f', sign=True)})"
 
 
-def probe_sections(run: dict, items: list[dict], students: list[str], n_examples: int = 5,
+def probe_sections(run: AuditRun, items: list[dict], students: list[str], n_examples: int = 5,
                    shown: dict[str, str] | None = None) -> list[dict]:
     models = ["teacher", *students]
     shown = shown or {}
     out = []
-    for p in run.get("probes", []):
-        comps = [c for c in run.get("comparisons", []) if c["probe"] == p["probe"]]
-        counts = [{"model": shown.get(m, m), "n_scored": r.get("n_scored"), "n_invalid": r.get("n_invalid"),
-                   "error": r.get("error") or ""} for m, r in (p.get("models") or {}).items()]
-        out.append({"id": f"probe-{p['probe']}", "name": p["probe"], "label": probe_label(p["probe"]),
-                    "title": (p.get("card") or {}).get("title", p["probe"]), "version": p.get("version"),
-                    "n_total": p.get("n_total"), "n_skipped": p.get("n_skipped"), "limit": p.get("limit"),
+    for p in run.probes:
+        comps = [c for c in run.comparisons if c.probe == p.probe]
+        counts = [{"model": shown.get(m, m), "n_scored": r.n_scored, "n_invalid": r.n_invalid,
+                   "error": r.error or ""} for m, r in p.models.items()]
+        out.append({"id": f"probe-{p.probe}", "name": p.probe, "label": probe_label(p.probe),
+                    "title": p.card.get("title", p.probe), "version": p.version,
+                    "n_total": p.n_total, "n_skipped": p.n_skipped, "limit": p.limit,
                     "counts": counts, "breakdowns": _breakdowns(p, models, shown),
                     "evidence": _evidence_rows(comps), "examples": _examples(p, items, students, n_examples),
                     "teacher": shown.get("teacher", "teacher")})
@@ -214,17 +222,17 @@ def _card_cell(card: dict | None, key: str, figures: bool) -> dict:
     return {"lines": ["missing" if v is None else str(v)], "svg": ""}
 
 
-def card_comparison(models: list[dict], figures: bool = True) -> dict:
+def card_comparison(models: list[ModelEntry], figures: bool = True) -> dict:
     """Distillation cards side by side: rows are card fields, columns students."""
-    students = [m for m in models if m.get("role") == "student"]
-    rows = [{"label": label, "cells": [_card_cell(m.get("card"), key, figures) for m in students]}
+    students = [m for m in models if m.role == "student"]
+    rows = [{"label": label, "cells": [_card_cell(m.card, key, figures) for m in students]}
             for label, key in CARD_ROWS]
     skip = {*dict(CARD_ROWS).values(), "method", "schema_version", "spec_sha256"}
-    extra = sorted({k for m in students for k in (m.get("card") or {}) if k not in skip})
+    extra = sorted({k for m in students for k in (m.card or {}) if k not in skip})
     for key in extra:
-        rows.append({"label": key.replace("_", " "), "cells": [_card_cell(m.get("card") or {"": 0}, key, figures)
+        rows.append({"label": key.replace("_", " "), "cells": [_card_cell(m.card or {"": 0}, key, figures)
                                                                for m in students]})
-    return {"students": [m["name"] for m in students], "rows": rows}
+    return {"students": [m.name for m in students], "rows": rows}
 
 
 def sentence(text: object) -> str:
@@ -235,35 +243,38 @@ def sentence(text: object) -> str:
     return t if t.endswith((".", "!", "?")) else t + "."
 
 
-def method(run: dict, shown: dict[str, str] | None = None) -> dict:
+def _recorded(record: Any) -> dict[str, Any]:
+    """A record's fields as run.json holds them, less the optional ones it did not record (null by default)."""
+    optional = {f.name for f in fields(record) if f.default is None}
+    return {k: v for k, v in record.to_json().items() if not (v is None and k in optional)}
+
+
+def method(run: AuditRun, shown: dict[str, str] | None = None) -> dict:
     shown = shown or {}
-    settings = run.get("settings") or {}
-    prov = run.get("provenance") or {}
+    settings, prov = _recorded(run.settings), _recorded(run.provenance)
     # one row per setting: provenance repeats the seed (and would repeat anything else settings holds)
     prov_rows = [(k, str(v)) for k, v in prov.items()
                  if k != "dataset_files" and not (k in settings and settings[k] == v)]
-    prov_rows += [(f"dataset file {path}", sha) for path, sha in (prov.get("dataset_files") or {}).items()]
-    models = [(shown.get(m["name"], m["name"]), m.get("role", ""), m.get("source", ""), m.get("content_hash") or "missing",
-               num(m.get("n_params"), ",.0f") if m.get("n_params") is not None else "missing", m.get("dtype", ""),
-               "; ".join(m.get("notes") or [])) for m in run.get("models", [])]
+    prov_rows += [(f"dataset file {path}", sha) for path, sha in run.provenance.dataset_files.items()]
+    models = [(shown.get(m.name, m.name), m.role, m.source, m.content_hash or "missing",
+               num(m.n_params, ",.0f") if m.n_params is not None else "missing", m.dtype,
+               "; ".join(m.notes)) for m in run.models]
     probes = []
-    for p in run.get("probes", []):
-        card = p.get("card") or {}
-        sizes = f"{p.get('n_total')} items, {p.get('n_skipped')} skipped" + (f", limited to {p['limit']}" if p.get("limit") else "")
+    for p in run.probes:
+        card = p.card
+        sizes = f"{p.n_total} items, {p.n_skipped} skipped" + (f", limited to {p.limit}" if p.limit else "")
         text = " ".join(x for x in (sentence(card["measures"]) if card.get("measures") else "",
                                     f"Sample: {sizes}.",
                                     f"Data: {sentence(card['data'])}" if card.get("data") else "",
                                     f"License: {sentence(card['license'])}" if card.get("license") else "",
                                     f"Cite: {sentence(card['citation'])}" if card.get("citation") else "") if x)
-        probes.append({"label": probe_label(p["probe"]), "title": card.get("title", p["probe"]), "text": text,
+        probes.append({"label": probe_label(p.probe), "title": card.get("title", p.probe), "text": text,
                        "caveats": [sentence(c) for c in card.get("caveats") or []], "sizes": sizes})
+    s = run.settings
     return {"settings": [(k, str(v)) for k, v in settings.items()], "provenance": prov_rows, "models": models,
-            "probes": probes, "errors": [f"{e.get('model') or 'run'} / {e.get('stage')}: {e.get('message')}"
-                                         for e in run.get("errors") or []],
-            "correction": settings.get("correction", "missing"), "alpha": settings.get("alpha"),
-            "tolerance": settings.get("tolerance"), "n_boot": settings.get("n_boot"),
-            "n_perm": settings.get("n_perm", "missing"), "min_clusters": settings.get("min_clusters", "missing"),
-            **_levels(settings.get("alpha_look") or settings.get("alpha"))}
+            "probes": probes, "errors": run_errors(run),
+            "correction": s.correction, "alpha": s.alpha, "tolerance": s.tolerance, "n_boot": s.n_boot,
+            "n_perm": s.n_perm, "min_clusters": s.min_clusters, **_levels(s.alpha_look or s.alpha)}
 
 
 def _levels(alpha: float | None) -> dict:

@@ -21,6 +21,7 @@ import pytest
 
 from audit.errors import RunDirError
 from audit.gate import Policy, evaluate, load_run
+from audit.run_format import Comparison
 from audit.verdicts import VERDICTS
 from reports.build import build, delta_ci_text
 from reports.cli import render
@@ -67,10 +68,11 @@ def view(partial) -> dict:
     return _view(partial)[1]
 
 
-def _record(run: dict, student: str, key: str, group: str) -> dict:
+def _record(run: dict, student: str, key: str, group: str) -> Comparison:
+    """The typed comparison record of one cell of a stored run (what the report reads)."""
     (c,) = [c for c in run["comparisons"] if c["student_name"] == student and c["group_key"] == key
             and c["group"] == group]
-    return c
+    return Comparison.from_json(c)
 
 
 def test_reports_never_import_torch_or_transformers(tmp_path, partial):
@@ -102,11 +104,11 @@ def test_first_screen_counts_and_findings(partial, view):
     overall = _record(run, "soft", "all", "all")
     assert soft["findings"][0] == (
         f"The {soft['label']} attenuated the overall bias of teacher \u201csmollm2-135m\u201d on the bundled templates: "
-        f"59% vs 64% stereotyped, \u0394 \u22125.3 pts, {delta_ci_text(overall['delta'])}.")
+        f"59% vs 64% stereotyped, \u0394 \u22125.3 pts, {delta_ci_text(overall.delta)}.")
     assert soft["findings"][3] == (
         f"The {soft['label']} inherited the bias on subgroup \u201cold\u201d of teacher \u201csmollm2-135m\u201d on the bundled templates: "
-        f"62% vs 76% stereotyped, \u0394 \u221213.5 pts, {delta_ci_text(old['delta'])}.")
-    assert delta_ci_text(overall["delta"]).startswith(f"{100 * overall['delta']['level']:.2f}".rstrip("0") + "% CI [")
+        f"62% vs 76% stereotyped, \u0394 \u221213.5 pts, {delta_ci_text(old.delta)}.")
+    assert delta_ci_text(overall.delta).startswith(f"{100 * overall.delta.level:.2f}".rstrip("0") + "% CI [")
 
 
 def test_findings_of_a_failing_student(complete):
@@ -116,11 +118,11 @@ def test_findings_of_a_failing_student(complete):
     disability = _record(run, "hard", "bias_type", "disability")
     assert hard["findings"][2] == (
         f"The {hard['label']} introduced a disability bias on the bundled templates that teacher \u201csmollm2-135m\u201d does not "
-        f"show: 76% vs 48% stereotyped, \u0394 +27.3 pts, {delta_ci_text(disability['delta'])}.")
+        f"show: 76% vs 48% stereotyped, \u0394 +27.3 pts, {delta_ci_text(disability.delta)}.")
     overall = _record(run, "hard", "all", "all")
     assert hard["findings"][0] == (
         f"The {hard['label']} amplified the overall bias of teacher \u201csmollm2-135m\u201d on the bundled templates: 77% vs 64% stereotyped, "
-        f"\u0394 +11.3 pts, {delta_ci_text(overall['delta'])}.")
+        f"\u0394 +11.3 pts, {delta_ci_text(overall.delta)}.")
     assert [c["name"] for c in hard["checks"] if c["status"] == "fail"][0] == "hard: bundled/pct_stereotype overall"
 
 
@@ -132,7 +134,7 @@ def test_matrix_names_the_verdict_in_every_cell(partial, view):
     assert [(c["probe"], c["metric"]) for c in soft["columns"]] == [("The bundled templates", "pct_stereotype")]
     cells = [c for p in (soft, hard) for row in p["rows"] for c in row["cells"]]
     assert len(cells) == 26 and all(c["verdict"] in VERDICTS for c in cells)
-    stored = [_record(run, "soft", r["key"], r["key"] if r["key"] == "all" else r["group"])["verdict"]
+    stored = [_record(run, "soft", r["key"], r["key"] if r["key"] == "all" else r["group"]).verdict
               for r in soft["rows"]]
     assert [row["cells"][0]["verdict"] for row in soft["rows"]] == stored
     assert stored[:5] == ["attenuated", "attenuated", "unchanged", "inherited", "not detected"]
@@ -408,8 +410,8 @@ def test_csv_one_row_per_comparison(tmp_path, complete, capsys):
                              "delta_ci_low", "delta_ci_high", "delta_ci_level", "p_adj", "verdict", "reason"]
     overall = next(r for r in rows if r["student"] == "hard" and r["group_key"] == "all")
     stored = _record(run, "hard", "all", "all")
-    assert overall["verdict"] == "amplified" and float(overall["delta"]) == stored["delta"]["value"]
-    assert float(overall["delta_ci_level"]) == stored["delta"]["level"] and "," in overall["reason"]
+    assert overall["verdict"] == "amplified" and float(overall["delta"]) == stored.delta.value
+    assert float(overall["delta_ci_level"]) == stored.delta.level and "," in overall["reason"]
 
 
 def test_card_shows_the_contamination_check(tmp_path, complete, tiny_model_dir):
