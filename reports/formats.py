@@ -14,7 +14,7 @@ import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from audit.verdicts import format_p, student_of
-from reports.build import ci_text, delta_ci_text, missing, num, probe_label, student_label
+from reports.build import ci_text, missing, num, probe_label
 from reports.render import md_escape
 
 if TYPE_CHECKING:
@@ -33,6 +33,19 @@ def _group(c: dict) -> str:
 
 def _comparisons(run: dict, student: str) -> list[dict]:
     return [c for c in run.get("comparisons", []) if c.get("kind", "bias") == "bias" and student_of(c)[0] == student]
+
+
+def _delta_ci(d: dict) -> str:
+    """Δ's interval at the level that decided it, labelled (as the HTML report prints it)."""
+    ci, level = d.get("ci_decision"), d.get("level")
+    if missing(level) or not ci:
+        return "no interval at the decision level"
+    return f"{100 * level:.2f}".rstrip("0").rstrip(".") + f"% CI {ci_text(ci)}"
+
+
+def _who(model: dict) -> str:
+    tech = (model.get("card") or {}).get("technique")
+    return (f"{str(tech).replace('_', '-')} student" if tech else "student") + f" \u201c{model.get('name')}\u201d"
 
 
 def _p_adj(d: dict) -> str:
@@ -98,14 +111,17 @@ def _measured(run: dict, name: str) -> list[str]:
 
 
 def _bias(side: dict) -> str:
-    return "missing" if missing(side.get("bias")) else f"{num(side['bias'], sign=True)} {ci_text(side.get('ci'))}"
+    if missing(side.get("bias")):
+        return "missing"
+    ci = ci_text(side.get("ci"))
+    return f"{num(side['bias'], sign=True)} {'[CI missing]' if ci == 'missing' else ci}"
 
 
 def md_bias_row(c: dict) -> str:
     """One comparison as a Markdown table row (module docstring: untrusted text escaped)."""
     _, s = student_of(c)
     t, d = c.get("teacher") or {}, c.get("delta") or {}
-    delta = "missing" if missing(d.get("value")) else f"{num(d['value'], sign=True)} ({delta_ci_text(d)})"
+    delta = "missing" if missing(d.get("value")) else f"{num(d['value'], sign=True)} ({_delta_ci(d)})"
     cells = [md_escape(probe_label(c["probe"])), md_escape(c["metric"]), md_escape(_group(c)), str(c.get("n", "missing")),
              _bias(t), _bias(s), delta, _p_adj(d), md_escape(c.get("verdict") or "inconclusive")]
     return "| " + " | ".join(cells) + " |"
@@ -151,7 +167,7 @@ def _card_section(st: dict, view: dict, run: dict, gate: GateResult) -> list[str
     teacher = view["teacher"]
     params = num(model.get("n_params") / 1e6, ".1f") + "M parameters" if not missing(model.get("n_params")) else "parameters missing"
     lines = [f"## {CARD_TITLE}: {md_escape(name).replace('#', '&#35;')}", "",
-             f"{md_escape(student_label(model)[0].upper() + student_label(model)[1:])} ({params}, source "
+             f"{md_escape(_who(model)[0].upper() + _who(model)[1:])} ({params}, source "
              f"{md_escape(model.get('source') or 'missing')}) was audited side by side with its teacher "
              f"{md_escape(teacher)} by bequeath: the same items, paired statistics, and an inheritance verdict for "
              "every probe, metric and group.", "",
@@ -204,28 +220,34 @@ LATEX_SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", 
                  # after a row's \\ a cell starting with [ or * would be read as \\[len] or \\*
                  "[": "{[}", "]": "{]}", "*": "{*}"}
 LIGATURES = {("-", "-"), ("`", "`"), ("'", "'"), ("!", "`"), ("?", "`"), (",", ","), ("<", "<"), (">", ">")}
-# non-ASCII that pdflatex's default utf8 input handles in OT1 and T1: Latin-1 letters, typographic quotes and dashes
-LATEX_UNICODE = frozenset(chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7)) | frozenset("\u2018\u2019\u201c\u201d\u2013\u2014")
+# non-ASCII that pdflatex's default utf8 input sets in OT1 and T1 alike: Latin-1 letters (but not the
+# T1-only eth and thorn), typographic quotes and dashes
+LATEX_UNICODE = (frozenset(chr(c) for c in range(0xC0, 0x100) if c not in (0xD0, 0xD7, 0xDE, 0xF0, 0xF7, 0xFE))
+                 | frozenset("\u2018\u2019\u201c\u201d\u2013\u2014"))
+
+
+def _settable(text: object) -> str:
+    """One line of characters pdflatex can set: other non-ASCII as its accent-free letters, else [U+XXXX]."""
+    out = []
+    for ch in _one_line(text):
+        if " " <= ch <= "~" or ch in LATEX_UNICODE:
+            out.append(ch)
+            continue
+        plain = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+        out.append(plain if plain and plain.isascii() and plain.isprintable() else f"[U+{ord(ch):04X}]")
+    return "".join(out)
 
 
 def latex_escape(text: object) -> str:
     """Untrusted text as literal LaTeX text (pdflatex, any document): specials as commands, no ligature
     joins two characters, newlines and control characters as spaces, other non-ASCII characters by
-    their accent-free letter or as U+XXXX."""
+    their accent-free letters or as [U+XXXX]."""
     out, prev = [], ""
-    for ch in _one_line(text):
+    for ch in _settable(text):
         if (prev, ch) in LIGATURES:
             out.append("{}")
+        out.append(LATEX_SPECIAL.get(ch, ch))
         prev = ch
-        if ch in LATEX_SPECIAL:
-            out.append(LATEX_SPECIAL[ch])
-        elif " " <= ch <= "~" or ch in LATEX_UNICODE:
-            out.append(ch)
-        else:
-            plain = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
-            out.append(latex_escape(plain) if plain and plain.isascii() and plain.isprintable()
-                       else f"U+{ord(ch):04X}")
-            prev = ""
     return "".join(out)
 
 
