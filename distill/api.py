@@ -48,15 +48,25 @@ class _Student:
         self.model, self.tokenizer, self.info = model, tokenizer, info
 
 
-def _build_student(spec: DistillSpec, teacher: Any) -> _Student:
+def _build_student(spec: DistillSpec, teacher: Any, examples: list | None = None, *,
+                   progress: bool = False) -> _Student:
+    """The student as ``spec.student`` says; ``from: layers`` with ``keep`` measures the teacher's
+    layers on ``examples`` (the tokenized corpus) and records each layer's importance."""
     from audit.models import ModelRef, load_model
     from distill import students
 
     init = spec.student
     if init.source == "layers":
-        keep = students.layer_indices(init, teacher.model.config.num_hidden_layers)
+        info: dict[str, Any] = {}
+        if init.keep is not None:
+            scores = students.layer_importance(teacher.model, examples or [], pad_id=teacher.tokenizer.pad_token_id,
+                                               progress=progress)
+            keep = students.most_important(scores, init.keep)
+            info["layer_importance_kl"] = [round(x, 6) for x in scores]
+        else:
+            keep = students.layer_indices(init, teacher.model.config.num_hidden_layers)
         model = students.from_layers(teacher.model, keep)
-        return _Student(model, teacher.tokenizer, {**init.as_dict(), "kept_layers": keep})
+        return _Student(model, teacher.tokenizer, {**init.as_dict(), "kept_layers": keep, **info})
     if init.source == "config":
         model = students.from_config(teacher.model, init.config, seed=spec.seed)
         return _Student(model, teacher.tokenizer, init.as_dict())
@@ -119,6 +129,17 @@ def _training_args(spec: DistillSpec, out: Path) -> Any:
     )
 
 
+def _shared_vocab(spec: DistillSpec, teacher: Any, student: _Student) -> int | None:
+    """The vocabulary teacher and student logits share (see ``students.shared_vocab``), trimming a
+    padded student embedding to it."""
+    from distill import students
+
+    vocab = students.shared_vocab(teacher, student, method=spec.method, hard_level=spec.hard_level)
+    if vocab is not None:
+        students.trim_padded_embedding(student.model, vocab)
+    return vocab
+
+
 def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     """Train a student as ``spec`` says; return the student directory (see the module doc)."""
     import os
@@ -134,10 +155,13 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     set_seed(spec.seed)
     args = _training_args(spec, out)
     teacher = _load_teacher(spec)
-    student = _build_student(spec, teacher)
-    vocab = students.shared_vocab(teacher, student, method=spec.method, hard_level=spec.hard_level)
-    if vocab is not None:
-        students.trim_padded_embedding(student.model, vocab)
+    # a student chosen by layer importance is built once the corpus it is measured on is tokenized;
+    # it shares the teacher's tokenizer, so the tokenizer check below cannot fail for it
+    student = None if spec.student.keep is not None else _build_student(spec, teacher)
+    if student is None:
+        students.check_keep(spec.student.keep, teacher.model.config.num_hidden_layers)
+    vocab = _shared_vocab(spec, teacher, student) if student is not None else None
+    tokenizer = student.tokenizer if student is not None else teacher.tokenizer
     with args.main_process_first(desc="corpus"):
         corpus = _corpus(spec, teacher, out, progress=progress)
     rows = data.read_corpus(corpus)
@@ -146,11 +170,15 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
         raise data.CorpusError(
             f"Corpus {corpus}: sequence-level hard-label trains on the teacher's responses, so every row needs "
             "'prompt' and 'response'. Use --corpus generate (optionally --prompts FILE), or a JSONL the teacher wrote.")
-    models = (student.model,) if sequence_level else (teacher.model, student.model)
+    student_model = student.model if student is not None else teacher.model  # same positions as the teacher's
+    models = (student_model,) if sequence_level else (teacher.model, student_model)
     limits = [x for m in models if (x := getattr(m.config, "max_position_embeddings", None))]
     rows, partner = _counterfactuals(spec, rows, sequence_level)
-    examples = data.tokenize(rows, student.tokenizer, seq_len=spec.seq_len, max_positions=min(limits, default=None),
+    examples = data.tokenize(rows, tokenizer, seq_len=spec.seq_len, max_positions=min(limits, default=None),
                              response_only=sequence_level)
+    if student is None:
+        student = _build_student(spec, teacher, examples, progress=progress)
+        vocab = _shared_vocab(spec, teacher, student)
     data_hash = data.examples_hash(examples)
     train_data, groups, debias_info = examples, None, None
     if spec.debias is not None:

@@ -33,6 +33,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--hard-level", "hard_level", str, "token | sequence (hard-label; sequence works across tokenizers)"),
     ("--every", "every", int, "student = every k-th teacher layer (with embeddings, norm, head)"),
     ("--layers", "layers", str, "student = these teacher layers, comma-separated (e.g. 0,5,10)"),
+    ("--keep", "keep", int, "student = the N teacher layers that matter most on the corpus (skipping each "
+     "layer in turn, measured as the teacher's KL from itself)"),
     ("--student-checkpoint", "student_checkpoint", str, "student = this existing model directory"),
     ("--max-steps", "max_steps", int, "optimizer steps"),
     ("--batch-size", "batch_size", int, "texts per device per micro-batch"),
@@ -117,8 +119,8 @@ def spec_dict(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         value = getattr(args, dest, None)
         if value is None:
             continue
-        if dest == "every":
-            student = {"from": "layers", "every": value}
+        if dest in ("every", "keep"):
+            student = {"from": "layers", dest: value}
         elif dest == "layers":
             try:
                 student = {"from": "layers", "layers": [int(x) for x in value.split(",") if x.strip()]}

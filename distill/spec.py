@@ -41,7 +41,9 @@ STUDENT_FROM = ("layers", "config", "checkpoint")
 class StudentInit:
     """How the student starts: a subset of the teacher's layers, a config, or a checkpoint.
 
-    ``layers``: every ``every``-th layer (0, every, 2·every, ...) or the explicit ``layers`` list,
+    ``layers``: every ``every``-th layer (0, every, 2·every, ...), the explicit ``layers`` list, or the
+    ``keep`` layers that matter most on the distillation corpus (each layer's importance is the
+    teacher's KL divergence from itself with that one layer skipped: :func:`distill.students.layer_importance`),
     with embeddings, final norm and head copied. ``config``: the teacher's config with the given
     overrides (``config`` mapping, e.g. ``{num_hidden_layers: 4, hidden_size: 256}``), random init.
     ``checkpoint``: an existing model directory (``path``).
@@ -50,13 +52,15 @@ class StudentInit:
     source: str = "layers"
     every: int | None = 5
     layers: tuple[int, ...] | None = None
+    keep: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"from": self.source}
         if self.source == "layers":
-            d.update({"layers": list(self.layers)} if self.layers is not None else {"every": self.every})
+            d.update({"layers": list(self.layers)} if self.layers is not None
+                     else {"keep": self.keep} if self.keep is not None else {"every": self.every})
         elif self.source == "config":
             d["config"] = dict(self.config)
         else:
@@ -129,9 +133,10 @@ class DistillSpec:
 
     @classmethod
     def demo(cls, out: Path) -> DistillSpec:
-        """The demo student: forward KL, τ=2, α=0.5, every 5th teacher layer, generated corpus."""
+        """The demo student: forward KL, τ=2, α=0.5, the teacher's 14 most important layers of 30
+        (58% of its parameters), generated corpus."""
         return cls(method="soft", divergence="forward_kl", temperature=2.0, alpha=0.5,
-                   student=StudentInit(source="layers", every=5), corpus="generate",
+                   student=StudentInit(source="layers", every=None, keep=14), corpus="generate",
                    output=str(out))
 
     @classmethod
@@ -278,14 +283,22 @@ def _student(value: Any, errors: list[str]) -> Any:
     if src not in STUDENT_FROM:
         errors.append(f"student.from '{src}' is not one of {', '.join(STUDENT_FROM)}.{did_you_mean(str(src), STUDENT_FROM)}")
         return _BAD
-    allowed = {"layers": {"from", "every", "layers"}, "config": {"from", "config"},
+    allowed = {"layers": {"from", "every", "layers", "keep"}, "config": {"from", "config"},
                "checkpoint": {"from", "path"}}[src]
     for key in set(value) - allowed:
         errors.append(f"student.{key}: not a field of 'from: {src}' (expected {', '.join(sorted(allowed))})."
                       f"{did_you_mean(key, allowed)}")
     if src == "layers":
-        layers = value.get("layers")
-        every = value.get("every", None if layers is not None else 5)
+        layers, keep = value.get("layers"), value.get("keep")
+        if sum(value.get(k) is not None for k in ("layers", "keep", "every")) > 1:
+            errors.append("student: give one of 'every', 'layers' or 'keep', not several.")
+            return _BAD
+        every = value.get("every", None if layers is not None or keep is not None else 5)
+        if keep is not None:
+            if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+                errors.append(f"student.keep: expected the number of teacher layers to keep (an integer >= 1), got {keep!r}.")
+                return _BAD
+            return StudentInit(source="layers", every=None, keep=keep)
         if layers is not None:
             if not isinstance(layers, list | tuple) or not layers or not all(isinstance(x, int) and x >= 0 for x in layers):
                 errors.append(f"student.layers: expected a non-empty list of layer indices, got {layers!r}.")

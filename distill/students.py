@@ -30,6 +30,74 @@ def layer_indices(init: StudentInit, n_teacher_layers: int) -> list[int]:
     return list(range(0, n_teacher_layers, every))
 
 
+def layer_importance(model: Any, examples: list[dict[str, Any]], *, pad_id: int, n_examples: int = 16,
+                     max_tokens: int = 64, batch_size: int = 8, progress: bool = False) -> list[float]:
+    """Each decoder layer's importance: the mean per-token KL(p_full ‖ p_without_layer) on ``examples``.
+
+    One forward pass of the model with that single layer skipped, per layer, on the first
+    ``max_tokens`` tokens of the first ``n_examples`` corpus sequences (on the demo corpus, 16 x 64
+    tokens choose the same 14 layers as 64 whole sequences, in a sixth of the time) (ShortGPT's block influence scores a layer by how much it changes
+    its input; skipping the layer and measuring the output distribution scores what the student loses,
+    which is what the choice is about). transformers has no layer-pruning helper for causal LMs, hence
+    this function.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from distill import losses as L
+    from distill.data import Collator
+
+    name = _decoder_layers_name(model)
+    layers = model.get_submodule(name)
+    parent, attr = model.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
+    n_layers = len(layers)
+    cut = [{k: ex[k][:max_tokens] for k in ("input_ids", "labels")} for ex in examples[:n_examples]]
+    batches = [Collator(pad_id=pad_id)(cut[i:i + batch_size]) for i in range(0, len(cut), batch_size)]
+    if not batches:
+        raise SpecError("student.keep: the corpus has no sequence to measure layer importance on.")
+
+    def log_probs(batch: dict[str, Any]) -> Any:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return L.log_probs(out[batch["attention_mask"].bool()].float())
+
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        full = [log_probs(b) for b in batches]
+        scores = []
+        try:
+            for skip in tqdm(range(n_layers), desc="measuring layer importance", unit="layer", disable=not progress):
+                setattr(parent, attr, torch.nn.ModuleList([m for i, m in enumerate(layers) if i != skip]))
+                kl = torch.cat([L.divergence(ref, log_probs(b), kind="forward_kl") for ref, b in zip(full, batches)])
+                scores.append(float(kl.mean()))
+        finally:
+            setattr(parent, attr, layers)
+    model.train(was_training)
+    return scores
+
+
+def most_important(scores: list[float], keep: int) -> list[int]:
+    """The ``keep`` layers with the largest importance, in model order (ties: the earlier layer)."""
+    check_keep(keep, len(scores))
+    return sorted(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:keep])
+
+
+def check_keep(keep: int, n_teacher_layers: int) -> None:
+    """Refuse ``keep`` beyond the teacher's layer count (checked before the corpus is written)."""
+    if keep > n_teacher_layers:
+        raise SpecError(f"student.keep: {keep} layers asked for, but the teacher has {n_teacher_layers} layers; "
+                        f"keep at most {n_teacher_layers}.")
+
+
+def _decoder_layers_name(model: Any) -> str:
+    """The dotted name of the decoder's layer list (e.g. ``model.layers``)."""
+    for key in model.state_dict():
+        m = _LAYER_KEY.match(key)
+        if m:
+            return m.group(1)
+    raise SpecError("student.keep: could not find the teacher's decoder layers; use 'from: config' for this architecture.")
+
+
 def from_layers(teacher: Any, keep: list[int]) -> Any:
     """A student holding the teacher's layers ``keep`` (in order) plus embeddings, norm and head."""
     import torch

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from audit.errors import BequeathError, SpecError
 from distill.spec import DistillSpec
+from tests.conftest import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the a doctor nurse said went home because she he was tired happy and then later on day".split()
@@ -100,8 +101,8 @@ def test_spec_collects_all_errors_with_did_you_mean():
 
 def test_demo_defaults():
     s = DistillSpec.demo(Path("/tmp/x"))
-    assert (s.method, s.divergence, s.temperature, s.alpha, s.student.every, s.corpus, s.output) == (
-        "soft", "forward_kl", 2.0, 0.5, 5, "generate", "/tmp/x")
+    assert (s.method, s.divergence, s.temperature, s.alpha, s.student.keep, s.corpus, s.output) == (
+        "soft", "forward_kl", 2.0, 0.5, 14, "generate", "/tmp/x")
 
 
 def test_cli_flags_override_yaml(tmp_path):
@@ -141,6 +142,42 @@ def test_student_from_layers_copies_teacher_weights(tiny):
         torch.testing.assert_close(v, t_sd[src], rtol=0, atol=0)
     with pytest.raises(SpecError, match="out of range"):
         layer_indices(StudentInit(source="layers", every=None, layers=(0, 7)), 2)
+
+
+def test_layer_importance_known_answer_a_silenced_layer_scores_zero(tmp_path, teacher_dir):
+    """A layer whose output projections are zero adds nothing to the residual stream: skipping it
+    changes no logit (importance 0 up to float rounding), while skipping any other layer does; the
+    student keeps the others. Cross-checked against a forward pass of the student built from them."""
+    from audit.models import ModelRef, load_model
+    from distill.students import from_layers, layer_importance, most_important
+
+    tiny = load_model(ModelRef(name="tiny", path=str(build_tiny_model(tmp_path / "m", teacher_dir, layers=4))))
+    model = tiny.model
+    with torch.no_grad():
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    examples = [{"input_ids": tiny.tokenizer(t)["input_ids"], "labels": tiny.tokenizer(t)["input_ids"]}
+                for t in ("The nurse said that", "A cat sat on the mat and looked", "Rain fell")]
+    scores = layer_importance(model, examples, pad_id=tiny.tokenizer.pad_token_id, batch_size=2)
+    assert len(scores) == 4 and scores[2] < 1e-6 and min(scores[0], scores[1], scores[3]) > 1e-4
+    assert most_important(scores, 3) == [0, 1, 3]
+    assert len(model.model.layers) == 4  # the model is left whole
+    student = from_layers(model, [0, 1, 3]).eval()
+    ids = torch.tensor([examples[1]["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
+    with pytest.raises(SpecError, match="4 layers"):
+        most_important(scores, 5)
+
+
+def test_keep_is_parsed_and_exclusive_with_every_and_layers():
+    ok = DistillSpec.from_dict({"student": {"from": "layers", "keep": 14}})
+    assert (ok.student.keep, ok.student.every, ok.student.as_dict()) == (14, None, {"from": "layers", "keep": 14})
+    for bad, msg in (({"from": "layers", "keep": 3, "every": 2}, "one of 'every', 'layers' or 'keep'"),
+                     ({"from": "layers", "keep": 0}, "student.keep: expected the number"),
+                     ({"from": "layers", "keep": True}, "student.keep: expected the number")):
+        with pytest.raises(SpecError, match=msg):
+            DistillSpec.from_dict({"student": bad})
 
 
 def test_padded_embedding_is_trimmed(tiny_model_dir):
