@@ -217,12 +217,10 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     ckpt_dir = Path(args.output_dir)
     if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
         ckpt_dir.rmdir()  # no checkpoint was asked for
-    card = _card(spec, teacher, student, corpus, data_hash, len(examples), trainer, cache, t0)
     # the texts it trained on vs every probe's and task's items (n-gram overlap; distill.eval_items)
-    card["contamination"] = eval_items.check_corpus([r.text for r in rows], data_dir=spec.contamination_data)
-    card["debias"] = debias_info
-    if debias_info is not None:
-        card["technique"] += f" + {_DEBIAS_NAMES[spec.debias.method]}"
+    contamination = eval_items.check_corpus([r.text for r in rows], data_dir=spec.contamination_data)
+    card = _card(spec, teacher, student, corpus, data_hash, len(examples), trainer, cache, t0,
+                 contamination=contamination, debias_info=debias_info)
     return _save(spec, out, trainer, teacher, student, card)
 
 
@@ -296,7 +294,8 @@ def _open_cache(spec: DistillSpec, teacher: Any, examples: list, data_hash: str,
     return C.LogitCache(where, key=key)
 
 
-def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, cache, t0) -> dict[str, Any]:
+def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, cache, t0, *,
+          contamination: dict[str, Any], debias_info: dict[str, Any] | None) -> dict[str, Any]:
     from probes.files import sha256_file as file_sha256
 
     st = trainer.state
@@ -305,6 +304,8 @@ def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, cache,
              for e in st.log_history if "loss" in e]
     technique = {"soft": f"soft-label ({spec.divergence})", "hard": f"hard-label ({spec.hard_level} level)",
                  "co": "co-distillation"}[spec.method]
+    if debias_info is not None:
+        technique += f" + {_DEBIAS_NAMES[spec.debias.method]}"
     return {
         "schema_version": 1, "technique": technique, "method": spec.method, "hyperparameters": spec.as_dict(),
         "teacher": {"source": spec.teacher, "content_hash": teacher.content_hash, "n_params": teacher.n_params},
@@ -316,6 +317,7 @@ def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, cache,
         "cache": {"dir": spec.cache, "k": spec.top_k} if cache is not None else None,
         "wall_time_s": round(time.perf_counter() - t0, 2), "versions": _versions(),
         "spec_sha256": hashlib.sha256(json.dumps(spec.as_dict(), sort_keys=True).encode()).hexdigest(),
+        "contamination": contamination, "debias": debias_info,
     }
 
 

@@ -130,7 +130,7 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix.rstrip("."), "missing" if d is None else str(d))]
 
 
-CARD_ROWS = (("technique", "technique"), ("hyperparameters", "hyperparameters"), ("student init", "student_init"),
+CARD_ROWS = (("technique", "technique"), ("bias-aware distillation", "debias"), ("hyperparameters", "hyperparameters"), ("student init", "student_init"),
              ("data", "data"), ("steps", "steps"), ("tokens seen", "tokens_seen"), ("wall time (s)", "wall_time_s"),
              ("final loss", "final_loss"), ("loss curve", "loss_curve"), ("teacher", "teacher"), ("versions", "versions"))
 # hyperparameters every method uses; the others belong to one method (see distill/spec.py and distill/train.py)
@@ -203,6 +203,23 @@ def contamination_lines(block: dict) -> list[str]:
     return lines
 
 
+def debias_lines(block: dict | None) -> list[str]:
+    """The card's ``debias`` record (distill.api._pair_up): the method, what it paired and the word lists
+    with their hashes; ``None`` is a plain distillation."""
+    if block is None:
+        return ["none (plain distillation)"]
+    if not isinstance(block, dict):
+        return [str(block)]
+    lines = [f"{block.get('summary') or block.get('method')}: {block.get('n_pairs')} of {block.get('n_sequences')} "
+             f"sequences paired with their swap ({block.get('n_aligned_pairs')} token-aligned)"]
+    for extra in ("crr", "invariance"):
+        if isinstance(block.get(extra), dict):
+            lines.append(f"{extra}: " + ", ".join(f"{k} {v}" for k, v in block[extra].items()))
+    for wl in block.get("word_lists") or []:
+        lines.append(f"word list {wl.get('path')} (sha256 {str(wl.get('sha256'))[:12]}…)")
+    return lines
+
+
 def _card_cell(card: dict | None, key: str, figures: bool) -> dict:
     if not card:
         return {"lines": ["missing: no distill_card.json was found for this student"], "svg": ""}
@@ -211,6 +228,8 @@ def _card_cell(card: dict | None, key: str, figures: bool) -> dict:
     v = card[key]
     if key == "contamination" and isinstance(v, dict):
         return {"lines": contamination_lines(v), "svg": ""}
+    if key == "debias":
+        return {"lines": debias_lines(v), "svg": ""}
     if key == "loss_curve":
         return {"lines": _loss_lines(v), "svg": loss_svg(v) if figures else ""}
     if key == "hyperparameters" and isinstance(v, dict):

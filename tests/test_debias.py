@@ -37,12 +37,18 @@ ALPHA = 0.5
 
 @pytest.fixture(scope="module")
 def debias_audit(tmp_path_factory, teacher_dir):
+    return planted_debias_audit(tmp_path_factory.mktemp("debias"), teacher_dir)
+
+
+def planted_debias_audit(tmp_path, teacher_dir, methods=("cda", "crr")) -> dict:
+    """Plant the bias, distil a plain student and one per debias method, audit them all; the gender and
+    age cells per student, bundled QA per model, the cards and a printable summary.
+    (bench/distill_quality.py calls it for ``debias_task_ratio``.)"""
     from audit.harness import run_audit
     from audit.spec import AuditSpec
     from distill.api import run_distill
     from distill.spec import DistillSpec
 
-    tmp_path = tmp_path_factory.mktemp("debias")
     t0 = time.perf_counter()
     probe_file = tmp_path / "planted_probe.jsonl"
     probe_file.write_text("".join(json.dumps(r) + "\n" for r in _probe_rows()))
@@ -59,7 +65,7 @@ def debias_audit(tmp_path_factory, teacher_dir):
                   method="soft", alpha=ALPHA, max_steps=30, batch_size=4, seq_len=32, lr=1e-4, temperature=1.0,
                   seed=0, checkpoint_every=0)
     students = {}
-    for name, debias in (("plain", None), ("cda", {"method": "cda"}), ("crr", {"method": "crr"})):
+    for name, debias in (("plain", None), *((m, {"method": m}) for m in methods)):
         t = time.perf_counter()
         spec = DistillSpec.from_dict(dict(common, debias=debias, output=str(tmp_path / name)))
         students[name] = run_distill(spec, progress=False)
@@ -81,7 +87,7 @@ def debias_audit(tmp_path_factory, teacher_dir):
     qa = {n: task["scores"][n]["value"] for n in ("teacher", *students)}  # the teacher is scored as "teacher"
     summary = {k: (round(c["teacher"]["bias"], 1), round(c["student"]["bias"], 1), c["verdict"]) for k, c in cell.items()}
     print(summary, qa, {k: round(v) for k, v in timings.items()}, sep="\n")
-    return {"cell": cell, "qa": qa, "cards": cards, "summary": summary}
+    return {"cell": cell, "qa": qa, "cards": cards, "summary": summary, "timings": timings}
 
 
 def test_plain_kd_inherits_and_crr_attenuates_keeping_the_task(debias_audit):

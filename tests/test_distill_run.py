@@ -483,6 +483,15 @@ def test_debias_composes_with_every_technique_and_is_on_the_card(tiny_model_dir,
     else:  # the corpus has 'she'/'he' in most rows: each trains beside its swap (one token each: aligned)
         assert info["n_pairs"] > 10 and info["n_aligned_pairs"] == info["n_pairs"]
         assert info["n_sequences"] == 48 + info["n_pairs"]
+    # the report's card row says what the student was debiased with, what it paired and on which lists
+    from reports.sections import debias_lines
+
+    lines = debias_lines(info)
+    assert lines[0] == (f"{info['summary']}: {info['n_pairs']} of {info['n_sequences']} sequences paired with their swap "
+                        f"({info['n_aligned_pairs']} token-aligned)")
+    assert lines[-2:] == [f"word list {lists[0]} (sha256 4d093db96d43…)", f"word list {lists[1]} (sha256 728554ebab71…)"]
+    assert any(x.startswith("crr: variant ") for x in lines) == (debias == "crr")
+    assert debias_lines(None) == ["none (plain distillation)"]
     if debias == "invariance" and sequence:  # sampled answers to a prompt and its swap do not line up
         assert info["n_aligned_pairs"] == 0 and all(e["loss_invariance"] == 0 for e in card["loss_curve"])
     elif debias == "invariance":

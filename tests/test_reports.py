@@ -324,6 +324,7 @@ def _distill_card(tmp_path: Path, spec) -> dict:
     from types import SimpleNamespace
 
     from distill.api import _card
+    from distill.eval_items import check_corpus
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "x"}\n')
@@ -335,7 +336,8 @@ def _distill_card(tmp_path: Path, spec) -> dict:
     teacher = SimpleNamespace(content_hash="0" * 64, n_params=1)
     student = SimpleNamespace(info={"from": "layers", "every": 5, "kept_layers": [0, 5]},
                               model=SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: 7)]))
-    return _card(spec, teacher, student, corpus, "tokens-sha", 1, trainer, None, 0.0)
+    return _card(spec, teacher, student, corpus, "tokens-sha", 1, trainer, None, 0.0,
+                 contamination=check_corpus(["x"], data_dir=None), debias_info=None)
 
 
 def test_fixture_cards_have_the_keys_distill_writes(tmp_path, complete):
@@ -360,7 +362,9 @@ def test_fixture_cards_have_the_keys_distill_writes(tmp_path, complete):
 
 def test_card_section_records_every_field_distill_writes(view):
     rows = view["cards"]["rows"]
-    assert [r["label"] for r in rows if ["not recorded"] in r["cells"]] == []
+    assert [r["label"] for r in rows if any(c["lines"] == ["not recorded"] for c in r["cells"])] == []
+    shown = {r["label"]: r["cells"] for r in rows}
+    assert [c["lines"] for c in shown["bias-aware distillation"]] == [["none (plain distillation)"]] * 2
 
 
 def test_teacher_by_name_and_one_sentence_headline(complete):
