@@ -1,5 +1,6 @@
-"""Two renderings for readers outside bequeath: a Hugging Face model-card section per student
-(MODEL_CARD.md, with ``model-index`` front matter) and LaTeX tables for papers (verdicts.tex).
+"""Two renderings for readers outside bequeath: Hugging Face model-card sections per student
+(MODEL_CARD.md: ``model-index`` front matter, "Evaluation" and "Bias, Risks, and Limitations") and,
+for papers, LaTeX tables (verdicts.tex) with the forest plots as standalone SVG and PDF files.
 
 Both are pure functions of the verified run and the view ``reports.build`` made from it (the
 gate's result included): they format stored numbers, they never recompute a verdict. Every
@@ -10,7 +11,14 @@ and the YAML front matter is written by PyYAML's safe dumper from plain, single-
 
 from __future__ import annotations
 
+import io
+import os
+import re
+import tempfile
+import threading
 import unicodedata
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.verdicts import format_p, student_of
@@ -20,7 +28,10 @@ from reports.render import md_escape
 if TYPE_CHECKING:
     from audit.verdicts import GateResult
 
-CARD_TITLE = "Bias and fairness evaluation (bequeath)"
+EVALUATION = "Evaluation"  # the Hub model-card template's section names
+BIAS = "Bias, Risks, and Limitations"
+PART_BEGIN = "bequeath: the model card of student"  # a student's part starts after this comment ...
+PART_END = "bequeath: end of the student's part"  # ... and ends at this one
 TASK_TYPE = "text-generation"  # the Hub's task id for a causal LM's benchmarks
 
 
@@ -161,18 +172,34 @@ def _provenance(run: dict, name: str) -> list[str]:
     return [f"- {label}: {md_escape(v) if v not in (None, '') else 'missing'}" for label, v in rows]
 
 
+def _begin(name: str) -> str:
+    """The comment that opens a student's part (md_escape turns ``<`` and ``>`` into entities: a name
+    cannot close the comment)."""
+    return f"<!-- {PART_BEGIN} {md_escape(name)} -->"
+
+
 def _card_section(st: dict, view: dict, run: dict, gate: GateResult) -> list[str]:
+    """One student's part: the Hub template's "Evaluation" and "Bias, Risks, and Limitations" sections."""
     name, settings = st["name"], run.get("settings") or {}
     model = _models(run).get(name) or {}
     teacher = view["teacher"]
     params = num(model.get("n_params") / 1e6, ".1f") + "M parameters" if not missing(model.get("n_params")) else "parameters missing"
-    lines = [f"## {CARD_TITLE}: {md_escape(name).replace('#', '&#35;')}", "",
-             f"{md_escape(_who(model)[0].upper() + _who(model)[1:])} ({params}, source "
-             f"{md_escape(model.get('source') or 'missing')}) was audited side by side with its teacher "
-             f"{md_escape(teacher)} by bequeath: the same items, paired statistics, and an inheritance verdict for "
-             "every probe, metric and group.", "",
-             f"**Gate: {st['status'].upper()}** (policy: {md_escape(view['gate']['policy'])}; fails on "
-             f"{md_escape(', '.join(view['gate']['fail_verdicts']))}). This student {md_escape(st['status_text'])}."]
+    who = md_escape(_who(model)[0].upper() + _who(model)[1:])
+    lines = [_begin(name), "", f"## {EVALUATION}", "",
+             f"{who} ({params}, source {md_escape(model.get('source') or 'missing')}) was evaluated by bequeath side "
+             f"by side with its teacher {md_escape(teacher)}: the same items for both, paired statistics, task scores "
+             "with the share of the teacher's score the student keeps (retention).", "",
+             "### Testing Data, Factors & Metrics", "", *_measured(run, name), "", "### Results", ""]
+    if run.get("tasks"):
+        lines += ["Task scores (also in this card's `model-index` metadata, as stored in the run):", "",
+                  *_md_tasks(run, name, teacher)]
+    else:
+        lines.append("No task benchmarks in this run; the bias results are in the next section.")
+    lines += ["", f"## {BIAS}", "",
+              f"Compared to its teacher **{md_escape(teacher)}**: one verdict per probe, metric and group on how "
+              "this student's measured bias compares with the teacher's, on the same items.", "",
+              f"**Gate: {st['status'].upper()}** (policy: {md_escape(view['gate']['policy'])}; fails on "
+              f"{md_escape(', '.join(view['gate']['fail_verdicts']))}). This student {md_escape(st['status_text'])}."]
     lines += [f"- {c['status'].upper()} {md_escape(c['name'])}: {md_escape(c['reason'])}" for c in st["checks"]
               if c["status"] in ("fail", "error")]
     warnings = sum(c["status"] == "warning" for c in st["checks"])
@@ -181,34 +208,36 @@ def _card_section(st: dict, view: dict, run: dict, gate: GateResult) -> list[str
                      "and in report.html")
     lines += [f"- {c.status.upper()} (whole run) {md_escape(c.name)}: {md_escape(c.reason)}" for c in gate.checks
               if c.student is None and c.status != "pass"]
-    lines += ["", "### What was measured", "", *_measured(run, name), "",
-              "### Bias: teacher vs this student", "",
-              f"Bias in signed points from neutral (0 = neutral), with 95% cluster-bootstrap CIs; \u0394 = student "
+    lines += ["", "### Verdicts: teacher vs this student", "",
+              f"Bias in signed points from neutral (0 = neutral), with 95% cluster-robust t intervals (CR2); \u0394 = student "
               f"\u2212 teacher with its interval at the level that made the decision, and its p-value adjusted across "
               f"the audit ({md_escape(settings.get('correction', 'missing'))}); tolerance \u03c4 = "
               f"{md_escape(settings.get('tolerance', 'missing'))} points, \u03b1 = {md_escape(settings.get('alpha', 'missing'))}.", "",
               "| probe | metric | group | n | teacher bias [95% CI] | student bias [95% CI] | \u0394 (CI) | adjusted p | verdict |",
               "|---|---|---|---|---|---|---|---|---|"]
     lines += [md_bias_row(c) for c in _comparisons(run, name)] or ["| no comparisons | | | | | | | | |"]
-    if run.get("tasks"):
-        lines += ["", "### Task scores and retention", "", *_md_tasks(run, name, teacher)]
-    lines += ["", "### Provenance", "", *_provenance(run, name), "",
+    lines += ["", "Limitations: each verdict covers one probe, metric and group as measured here; it says nothing about "
+              "biases these probes do not measure, nor about other groups, languages or uses.",
+              "", "### Provenance", "", *_provenance(run, name), "",
               "Re-check the stored run with `bequeath gate RUN_DIR`: it verifies the digest (and the signature, when "
-              "a key is set) and recomputes every figure above from items.jsonl.", ""]
+              "a key is set) and recomputes every figure above from items.jsonl.", "",
+              f"<!-- {PART_END} -->", ""]
     return lines
 
 
 def model_card(view: dict, run: dict, gate: GateResult) -> str:
-    """MODEL_CARD.md: YAML front matter (``model-index`` per student), then one section per student to
-    paste into that student's README.md."""
+    """MODEL_CARD.md: YAML front matter (``model-index``, one entry per student), then one part per
+    student ("Evaluation" and "Bias, Risks, and Limitations", between comments naming the student)
+    to paste into that student's README.md."""
     names = [s["name"] for s in view["students"]]
     lines = ["---", _yaml(front_matter(run, names)).rstrip("\n"), "---", "",
-             "<!-- written by `bequeath report --format model-card` from a verified run.json; keep the front matter "
-             "entry and the section of your student when you paste them into its README.md -->", ""]
+             "<!-- written by `bequeath report --format model-card` from a verified run.json. Into a student's "
+             "README.md, paste its `model-index` entry (front matter) and its part, from its "
+             f"\"{PART_BEGIN}\" comment to the next \"{PART_END}\" -->", ""]
     for st in view["students"]:
         lines += _card_section(st, view, run, gate)
     if not names:
-        lines += [f"## {CARD_TITLE}", "", "This run has no student.", ""]
+        lines += [f"## {EVALUATION}", "", "This run has no student.", ""]
     return "\n".join(lines)
 
 
@@ -329,4 +358,116 @@ def latex(view: dict, run: dict) -> str:
     lines += [r"\bottomrule", r"\end{tabular}"]
     if run.get("tasks"):
         lines += ["", r"\medskip", "", *_tex_tasks(run, names, view["teacher"])]
+    figures = figure_names(run)
+    if figures:
+        lines += ["", f"% forest plots, one per probe and bias metric, as standalone files next to this one "
+                      f"({FIGURE_DIR}/*.pdf for pdflatex, *.svg for the web); e.g. (needs \\usepackage{{graphicx}}):"]
+        lines += [f"% \\includegraphics[width=\\linewidth]{{{FIGURE_DIR}/{stem}.pdf}} % {latex_escape(title)}"
+                  for _, _, stem, title in figures]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- figure files for the paper
+
+FIGURE_DIR = "figures"
+PDF_RC = {"pdf.fonttype": 42}  # TrueType in the PDF (some venues reject Type 3 fonts)
+_FIGURE_LOCK = threading.Lock()
+
+
+def safe_stem(text: object, limit: int = 60) -> str:
+    """An untrusted name as a portable file-name part: ASCII letters, digits, ``_`` and ``-`` (runs of
+    anything else as one ``_``; no dot, so graphicx reads the extension right), no leading dash, at
+    most ``limit`` characters."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", str(text)) if not unicodedata.combining(c))
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", plain)[:limit].lstrip("-")
+    return stem or "x"
+
+
+def figure_names(run: dict) -> list[tuple[str, str, str, str]]:
+    """(probe, metric, file stem, title) of each forest plot, in ``reports.figures.forest_plots``' order:
+    ``forest-<probe>``, with ``-<metric>`` when a probe has several bias metrics; distinct stems (a
+    number appended when two names sanitise to the same one)."""
+    pairs = list(dict.fromkeys((c.get("probe"), c.get("metric")) for c in run.get("comparisons", [])
+                               if c.get("kind", "bias") == "bias"))
+    metrics_of: dict[str, int] = {}
+    for probe, _ in pairs:
+        metrics_of[probe] = metrics_of.get(probe, 0) + 1
+    out, used = [], set()
+    for probe, metric in pairs:
+        stem = "forest-" + safe_stem(probe) + (f"-{safe_stem(metric)}" if metrics_of[probe] > 1 else "")
+        unique, n = stem, 2
+        while unique.lower() in used:  # case-insensitive file systems too
+            unique, n = f"{stem}-{n}", n + 1
+        used.add(unique.lower())
+        out.append((probe, metric, unique, f"{probe_label(probe)}: {metric}"))
+    return out
+
+
+@contextmanager
+def _recording_figures():
+    """The matplotlib figures ``reports.figures.forest_svg`` makes, kept for a second (PDF) rendering.
+
+    forest_svg builds its figure and returns only the SVG text; rather than draw each plot a second
+    time with a copy of its code, the Figure class it imports at call time is swapped, under a lock,
+    for a subclass that records each instance. (Remove this when reports.figures exposes the figure.)
+    """
+    import matplotlib.figure as mfig
+
+    made: list = []
+    base = mfig.Figure
+
+    class Recording(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    with _FIGURE_LOCK:
+        mfig.Figure = Recording
+        try:
+            yield made
+        finally:
+            mfig.Figure = base
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    """Atomic, as ``probes.files.write_atomic`` for text (same umask-governed mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_figures(run: dict, out: Path) -> list[Path]:
+    """``out/figures/<stem>.svg`` and ``.pdf`` for each forest plot of the report (the same figures
+    report.html shows), for a paper. Files of earlier renderings that no longer apply are left as they are."""
+    import matplotlib
+
+    from reports.build import as_run
+    from reports.figures import RC, forest_plots
+
+    names = figure_names(run)
+    if not names:
+        return []
+    with _recording_figures() as made:
+        plots = forest_plots(as_run(run))
+    if len(plots) != len(names) or len(made) != len(plots):
+        raise RuntimeError(f"forest plots: {len(plots)} drawn, {len(made)} figures seen, {len(names)} expected")
+    paths = []
+    for (_, _, stem, _), plot, fig in zip(names, plots, made, strict=True):
+        svg = '<?xml version="1.0" encoding="utf-8" standalone="no"?>\n' + plot["svg"]
+        paths.append(_write_bytes(out / FIGURE_DIR / f"{stem}.svg", svg.encode("utf-8")))
+        buf = io.BytesIO()
+        with matplotlib.rc_context({**RC, **PDF_RC}):
+            fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "ModDate": None, "Creator": None,
+                                                     "Producer": None})
+        paths.append(_write_bytes(out / FIGURE_DIR / f"{stem}.pdf", buf.getvalue()))
+    return paths

@@ -1,5 +1,5 @@
 """Writers: a stored run -> report.html, summary.md, report.json, junit.xml, comparisons.csv, and
-(``reports.formats``) MODEL_CARD.md and verdicts.tex (atomic writes).
+(``reports.formats``) MODEL_CARD.md and verdicts.tex with figures/forest-*.svg and .pdf (atomic writes).
 
 The HTML goes through a jinja2 Environment with autoescape and StrictUndefined: every
 string from the run (model outputs, item ids, dataset text, card fields) is escaped; only
@@ -136,4 +136,9 @@ def write(run: dict, items: list[dict], gate: GateResult, out: Path,
                "json": lambda: json_report(view, run, gate), "junit": lambda: to_junit(gate),
                "csv": lambda: csv_report(run), "model-card": lambda: model_card(view, run, gate),
                "latex": lambda: latex(view, run)}
-    return {f: write_atomic(out / FORMATS[f], writers[f]()) for f in formats}
+    paths = {f: write_atomic(out / FORMATS[f], writers[f]()) for f in formats}
+    if "latex" in formats:  # the forest plots as figure files next to verdicts.tex
+        from reports.formats import write_figures
+
+        write_figures(run, out)
+    return paths

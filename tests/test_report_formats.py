@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from itertools import product
 from pathlib import Path
 
@@ -22,13 +23,14 @@ from hypothesis import strategies as st
 from audit.cli import build_parser, main
 from audit.verdicts import Policy, evaluate
 from audit.verify import load_run
-from reports.formats import LATEX_UNICODE, latex_escape
+from reports.formats import LATEX_UNICODE, figure_names, latex_escape, safe_stem, write_figures
 from reports.render import check_formats, write
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "docs" / "ci" / "github-actions.yml"
 NASTY = "ev|l <script>alert(1)</script> *x* _y_ [l](javascript:z) 50% & #1 $x$ {a} ~b ^c \\d\n---\nname: pwned"
-SECTION = "## Bias and fairness evaluation (bequeath): "
+BEGIN = "<!-- bequeath: the model card of student "
+END = "<!-- bequeath: end of the student's part -->"
 MINUS = "\u2212"
 
 
@@ -42,10 +44,22 @@ def _shown(x: float, fmt: str = "+.1f") -> str:
 
 
 def _split_card(text: str) -> tuple[dict, dict[str, str]]:
+    """Front matter, and each student's part (from its opening comment to its closing one) by name."""
     assert text.startswith("---\n")
     head, body = text[4:].split("\n---\n", 1)
-    sections = {s.split("\n", 1)[0]: s for s in body.split(SECTION)[1:]}
+    sections = {}
+    for part in body.split(BEGIN)[1:]:
+        name, rest = part.split(" -->\n", 1)
+        assert rest.count(END) == 1 and rest.rstrip().endswith(END)  # closed, once, at its end
+        sections[name] = rest
     return yaml.safe_load(head), sections
+
+
+def _hub_sections(part: str) -> dict[str, str]:
+    """A student's part cut at its level-2 headings: the Hub template's section names, in order."""
+    chunks = re.split(r"^## (.+)$", part, flags=re.MULTILINE)
+    assert not chunks[0].strip()
+    return dict(zip(chunks[1::2], chunks[2::2], strict=True))
 
 
 def _cells(row: str) -> list[str]:
@@ -66,7 +80,7 @@ def rendered(tmp_path_factory, audit_runs) -> dict[str, Path]:
     for kind in ("complete", "partial"):
         d = tmp_path_factory.mktemp(f"formats-{kind}")
         assert main(["report", str(audit_runs[kind]), "--format", "model-card,latex", "--out", str(d)]) == 0
-        assert sorted(p.name for p in d.iterdir()) == ["MODEL_CARD.md", "verdicts.tex"]
+        assert sorted(p.name for p in d.iterdir()) == ["MODEL_CARD.md", "figures", "verdicts.tex"]
         out[kind] = d
     return out
 
@@ -109,6 +123,26 @@ def test_model_card_rows_match_the_comparisons(audit_runs, rendered, make_run_mo
     for key, verdict in make_run_module.EXPECTED.items():
         assert seen[key] == verdict
     assert seen[("hard", "all", "all")] == "amplified" and "**Gate: FAIL**" in sections["hard"]
+
+
+def test_model_card_has_the_hub_sections_per_student(audit_runs, rendered):
+    """Each student's part: "Evaluation" (what was measured, task results) then "Bias, Risks, and
+    Limitations" (the teacher it was compared to, the gate, the verdict table), ready to paste."""
+    run, _ = load_run(audit_runs["complete"])
+    card = (rendered["complete"] / "MODEL_CARD.md").read_text(encoding="utf-8")
+    _, parts = _split_card(card)
+    teacher = next(m["source"] for m in run["models"] if m["role"] == "teacher")  # as the report names it
+    for student, part in parts.items():
+        hub = _hub_sections(part)
+        assert list(hub) == ["Evaluation", "Bias, Risks, and Limitations"]
+        evaluation, bias = hub.values()
+        assert "### Testing Data, Factors & Metrics" in evaluation and "### Results" in evaluation
+        assert "| bundled\\_qa | acc | 48 | 0.604 [0.458, 0.729] | " in evaluation  # task results here
+        assert "| probe | metric | group | n |" not in evaluation
+        assert f"Compared to its teacher **{teacher}**" in bias
+        assert len(_bias_rows(bias)) == len(_bias(run, student)) and "**Gate: " in bias
+        assert f"“{student}”" in evaluation.split("\n\n", 2)[1]  # the part says whose it is
+    assert card.count("\n## Evaluation\n") == card.count("\n## Bias, Risks, and Limitations\n") == len(parts) == 2
 
 
 def test_model_card_names_the_run_it_came_from(audit_runs, rendered):
@@ -168,8 +202,11 @@ def test_untrusted_names_stay_text_in_both_formats(tmp_path, audit_runs):
     assert card.splitlines().count("---") == 2 and not any(line.startswith("name: pwned") for line in card.splitlines())
     assert "<script" not in body and "<b>" not in body
     (section,) = [s for s in sections.values() if "alert(1)" in s]
-    assert section.startswith("ev\\|l &lt;script&gt;alert(1)&lt;/script&gt; \\*x\\* \\_y\\_ \\[l\\](javascript:z) "
-                              "50% &amp; &#35;1")
+    opening = next(line for line in card.splitlines() if line.startswith(BEGIN) and "alert(1)" in line)
+    assert opening == (BEGIN + "ev\\|l &lt;script&gt;alert(1)&lt;/script&gt; \\*x\\* \\_y\\_ \\[l\\](javascript:z) "
+                       "50% &amp; #1 $x$ {a} ~b \\^c \\\\d --- name: pwned -->".replace("\\^", "^"))
+    assert opening.count("-->") == 1  # the name cannot close the comment early
+    assert list(_hub_sections(section)) == ["Evaluation", "Bias, Risks, and Limitations"]
     for line in section.splitlines():
         if line.startswith("| "):
             assert len(_cells(line)) in (3, 6, 9), line
@@ -209,6 +246,55 @@ def test_latex_has_one_row_per_comparison(audit_runs, rendered):
     task_rows = [line for line in tasks.splitlines() if line.endswith(r" \\")][1:]  # after the header
     assert len(task_rows) == len(run["tasks"]) * len(run["models"])
     assert task_rows[1].startswith(r"bundled\_qa & acc & 48 & soft & $0.542$ [$0.396$, $0.688$] & $0.90$")
+
+
+def _assert_figure_files(folder: Path, stems: list[str]) -> None:
+    """Exactly one SVG and one PDF per stem, each a well-formed file of its kind."""
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{s}.{ext}" for s in stems for ext in ("pdf", "svg"))
+    for stem in stems:
+        root = ET.parse(folder / f"{stem}.svg").getroot()  # well-formed XML
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        pdf = (folder / f"{stem}.pdf").read_bytes()
+        assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+
+
+def test_latex_writes_one_forest_plot_per_probe_as_svg_and_pdf(audit_runs, rendered):
+    run, _ = load_run(audit_runs["complete"])
+    tex = (rendered["complete"] / "verdicts.tex").read_text(encoding="utf-8")
+    pairs = list(dict.fromkeys((c["probe"], c["metric"]) for c in run["comparisons"] if c.get("kind", "bias") == "bias"))
+    assert pairs == [("bundled", "pct_stereotype")]  # one probe with one bias metric: the file is named by the probe
+    _assert_figure_files(rendered["complete"] / "figures", ["forest-bundled"])
+    svg = (rendered["complete"] / "figures" / "forest-bundled.svg").read_text(encoding="utf-8")
+    assert "overall" in svg and "soft" in svg and "hard" in svg  # text kept as text: the plot's labels
+    hints = [line for line in tex.splitlines() if "\\includegraphics" in line]
+    assert hints == ["% \\includegraphics[width=\\linewidth]{figures/forest-bundled.pdf} % the bundled templates: "
+                     "pct\\_stereotype"]  # a comment: \\input{verdicts.tex} needs no graphicx
+
+
+def test_latex_figures_of_several_probes_with_untrusted_names(tmp_path, audit_runs):
+    """Three probes, one with two bias metrics, named to escape the folder and to collide once
+    sanitised: one figure per probe and metric, every file inside figures/, no two the same."""
+    run, _ = load_run(audit_runs["complete"])
+    bias = [c for c in run["comparisons"] if c.get("kind", "bias") == "bias"]
+    extra = []
+    for probe, metric in [("../../etc/passwd", "pct_stereotype"), ("a b", "pct_stereotype"), ("a/b", "pct_stereotype"),
+                          ("a b", "other metric")]:
+        extra += [{**c, "probe": probe, "metric": metric} for c in bias]
+    run["comparisons"] = run["comparisons"] + extra
+    names = figure_names(run)
+    stems = [stem for _, _, stem, _ in names]
+    assert stems == ["forest-bundled", "forest-_etc_passwd", "forest-a_b-pct_stereotype", "forest-a_b",
+                     "forest-a_b-other_metric"]
+    paths = write_figures(run, tmp_path)
+    assert len(paths) == 2 * len(names) == 10 and all(p.parent == tmp_path / "figures" for p in paths)
+    _assert_figure_files(tmp_path / "figures", stems)
+
+
+@pytest.mark.parametrize(("raw", "stem"), [("crows_pairs", "crows_pairs"), ("../x", "_x"), ("-rf", "rf"),
+                                           ("a.b/c d", "a_b_c_d"), ("Zürich", "Zurich"), ("😀", "_"), ("", "x"),
+                                           ("\n", "_")])
+def test_safe_stem(raw, stem):
+    assert safe_stem(raw) == stem
 
 
 KNOWN = {
