@@ -128,6 +128,9 @@ class Probe(Protocol):
     name: str
     version: str
     kind: Literal["loglikelihood", "generation"]
+    # the lm-eval request types the probe sends: ("loglikelihood",) or ("generate_until",); a backend
+    # that lacks one is refused before scoring (audit.lm.check_needs)
+    needs: tuple[str, ...]
     group_keys: tuple[str, ...]  # the keys of ProbeItem.groups the audit breaks down by
     metrics: tuple[Metric, ...]
     card: ProbeCard

@@ -173,6 +173,7 @@ class BBQProbe:
     name = "bbq"
     version = "2"
     kind = "loglikelihood"
+    needs = ("loglikelihood",)  # the lm-eval request types it sends (audit.lm checks the backend has them)
     hub = HUB  # the hub copy a path of hf://... reads
     group_keys = ("category", "context_condition", "question_polarity")
     metrics = _metrics()

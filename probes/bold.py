@@ -131,6 +131,7 @@ class BoldProbe:
     name = "bold"
     version = "1"
     kind = "generation"
+    needs = ("generate_until",)  # the lm-eval request types it sends (audit.lm checks the backend has them)
     hub = HUB  # the hub copy a path of hf://... reads
     # "group" first: the audit samples by the first key, so a limit stays balanced across groups
     group_keys = ("group", "domain")

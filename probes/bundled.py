@@ -64,6 +64,7 @@ class BundledProbe:
     name = "bundled"
     version = "2"
     kind = "loglikelihood"
+    needs = ("loglikelihood",)  # the lm-eval request types it sends (audit.lm checks the backend has them)
     group_keys = ("bias_type", "subgroup")
     metrics = (pct_stereotype_metric(),)
     card = ProbeCard(

@@ -202,6 +202,7 @@ class WinoBiasProbe:
     name = "winobias"
     version = "2"
     kind = "loglikelihood"
+    needs = ("loglikelihood",)  # the lm-eval request types it sends (audit.lm checks the backend has them)
     hub = WINOBIAS_HUB  # the hub copy a path of hf://... reads
     group_keys = ("type", "gender")
     metrics = (
@@ -364,6 +365,7 @@ class WinogenderProbe:
     name = "winogender"
     version = "2"
     kind = "loglikelihood"
+    needs = ("loglikelihood",)  # the lm-eval request types it sends (audit.lm checks the backend has them)
     hub = WINOGENDER_HUB  # the hub copy a path of hf://... reads
     group_keys = ("gender",)
     metrics = (

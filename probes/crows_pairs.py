@@ -72,6 +72,7 @@ class CrowsPairsProbe:
     name = "crows_pairs"
     version = "1"
     kind = "loglikelihood"
+    needs = ("loglikelihood",)  # the lm-eval request types it sends (audit.lm checks the backend has them)
     hub = HUB  # the hub copy a path of hf://... reads
     group_keys = ("bias_type", "direction")
     metrics = (pct_stereotype_metric(), _per_token_metric(), _likelihood_diff_metric())

@@ -314,6 +314,7 @@ class HolisticBiasProbe:
     name = "holisticbias"
     version = "1"
     kind = "loglikelihood"
+    needs = ("loglikelihood",)  # the lm-eval request types it sends (audit.lm checks the backend has them)
     hub = HUB  # the hub copy a path of hf://... reads
     group_keys = ("axis",)
     metrics = (_metric(0.05, "holm"),)

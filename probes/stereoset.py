@@ -112,6 +112,7 @@ class StereoSetProbe:
     name = "stereoset"
     version = "1"
     kind = "loglikelihood"
+    needs = ("loglikelihood",)  # the lm-eval request types it sends (audit.lm checks the backend has them)
     hub = HUB  # the hub copy a path of hf://... reads
     group_keys = ("bias_type", "type", "target")
     metrics = _metrics()
