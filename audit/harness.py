@@ -77,16 +77,17 @@ def _result_row(r: Any) -> dict[str, Any]:
 def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProbe], cache: ResultsCache,
                  errors: list[dict]) -> dict[str, Any]:
     """All probe and task results of one loaded model: {"probe:<n>": rows, "task:<n>": scores}."""
-    from audit.lm import make_lm, score_probe_items
+    from audit.lm import backend_key, make_lm, score_probe_items
     from audit.tasks import resolve_task, run_tasks
 
     lm = make_lm(loaded, backend=spec.backend, batch_size=spec.batch_size)
+    served = backend_key(spec.backend)  # another lm-eval model type (vllm, a server): results of its own
     name = loaded.ref.name
     found: dict[str, Any] = {}
     for pp in probes:
         # the dtype is part of the key: a bfloat16 copy of a model gives different results from its weights
         key = {"model": loaded.content_hash, "dtype": loaded.ref.dtype, "probe": pp.name, "version": pp.probe.version,
-               "data": sorted(pp.files.values()), "options": _probe_options(spec, pp.name)}
+               "data": sorted(pp.files.values()), "options": _probe_options(spec, pp.name), **served}
 
         def compute(positions: list[int], pp=pp) -> list[dict]:
             items = [pp.items[p] for p in positions]
@@ -106,7 +107,7 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
             random = spec.task_limit and spec.task_sampling == "random"
             key = {"model": loaded.content_hash, "dtype": loaded.ref.dtype, "task": task, "version": "2",
                    "metric": res.metric, "filter": res.filter, "limit": spec.task_limit, "data": res.fingerprint,
-                   **({"sampling": "random", "seed": spec.seed} if random else {})}
+                   **({"sampling": "random", "seed": spec.seed} if random else {}), **served}
 
             def compute_task(_: list[int], entry=entry) -> list[dict]:
                 (r,) = run_tasks(lm, [entry], task_paths=spec.task_paths, data_dir=data_dir, limit=spec.task_limit,
@@ -307,6 +308,7 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
         probe_description,
         task_scores,
     )
+    from audit.lm import redacted
     from audit.spec import settings_of
 
     settings = settings_of(spec, looks)
@@ -353,7 +355,7 @@ def build_run(spec: AuditSpec, spec_hash: str, probes: list[PreparedProbe], mode
         "provenance": provenance(seed=spec.seed, spec_hash=spec_hash, dataset_files=files),
         "settings": {"alpha": spec.alpha, "tolerance": spec.tolerance, "n_boot": spec.n_boot,
                      "n_perm": spec.n_perm, "correction": spec.correction, "min_items": spec.min_items,
-                     "min_clusters": spec.min_clusters, "seed": spec.seed, "backend": spec.backend,
+                     "min_clusters": spec.min_clusters, "seed": spec.seed, "backend": redacted(spec.backend),
                      "looks": list(looks), "alpha_look": settings.alpha_eff},
         "spec": spec.to_dict(), "models": models, "tasks": task_docs, "probes": probe_docs,
         "comparisons": comparisons, "errors": errors,

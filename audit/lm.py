@@ -8,6 +8,7 @@ numbers are exactly lm-eval's for the same (context, continuation).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -63,31 +64,204 @@ def _say_hflm_warnings_once() -> None:
         logger.addFilter(_ONCE)
 
 
-def make_lm(loaded: Any, *, backend: str = "engine", batch_size: int = 32, max_length: int | None = None):
-    """An lm-eval LM over an already loaded model (``audit.models.LoadedModel``)."""
+def make_lm(loaded: Any, *, backend: str | dict[str, Any] = "engine", batch_size: int = 32,
+            max_length: int | None = None):
+    """An lm-eval LM for a loaded model (``audit.models.LoadedModel``): ours (``engine``, ``hflm``) wrap
+    the loaded weights; any other lm-eval model type (``{name:, args:}``) is built from the registry
+    with the model's path (and dtype) as its ``pretrained``/``model`` argument."""
     import torch
 
     _say_hflm_warnings_once()
-
+    name, args = backend_name(backend), backend_args(backend)
+    if name not in BACKENDS:
+        return _registry_lm(loaded, name, args, batch_size=batch_size, max_length=max_length)
     kw: dict[str, Any] = dict(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
                               device="cpu" if not torch.cuda.is_available() else "cuda")
     if max_length:
         kw["max_length"] = max_length
-    if backend == "hflm":
+    if name == "hflm":
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(**kw)
-    if backend == "engine":
-        try:
-            from audit.engine import PrefixCacheLM
-        except ImportError:  # engine not available in this build: lm-eval's HFLM computes the same numbers
-            from lm_eval.models.huggingface import HFLM
+    try:
+        from audit.engine import PrefixCacheLM
+    except ImportError:  # engine not available in this build: lm-eval's HFLM computes the same numbers
+        from lm_eval.models.huggingface import HFLM
 
-            return HFLM(**kw)
-        return PrefixCacheLM(**kw)
+        return HFLM(**kw)
+    return PrefixCacheLM(**kw)
+
+
+# ---------------------------------------------------------------- any lm-eval model type
+
+REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+_TASK_NEEDS = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
+               "loglikelihood_rolling": "loglikelihood_rolling", "generate_until": "generate_until"}
+REDACTED = "<redacted>"
+
+
+def backend_name(backend: str | dict[str, Any]) -> str:
+    return backend if isinstance(backend, str) else backend["name"]
+
+
+def backend_args(backend: str | dict[str, Any]) -> dict[str, Any]:
+    return {} if isinstance(backend, str) else dict(backend.get("args") or {})
+
+
+def _secret(key: str) -> bool:
+    """An argument not to record: its name holds 'key' (api_key), or 'token' as a word (auth_token, hf_token;
+    not tokenizer or max_tokens), or says secret/password."""
+    k = key.lower()
+    return ("key" in k or "secret" in k or "password" in k
+            or "token" in k.replace("-", "_").split("_"))
+
+
+def redacted(backend: str | dict[str, Any]) -> str | dict[str, Any]:
+    """The backend as run.json records it: ours as its name (as before), others as {name, args} with the
+    value of every secret-looking argument replaced by ``<redacted>``."""
+    if isinstance(backend, str):
+        return backend
+    args = {str(k): (REDACTED if _secret(str(k)) else v) for k, v in backend_args(backend).items()}
+    return {"name": backend["name"], "args": json.loads(json.dumps(args, default=str))}
+
+
+def backend_key(backend: str | dict[str, Any]) -> dict[str, Any]:
+    """What the results cache adds to its keys for a backend: nothing for ours (engine and hflm give the same
+    numbers on the same loaded weights), the recorded backend for any other (vllm, a server: other kernels)."""
+    return {} if isinstance(backend, str) else {"backend": redacted(backend)}
+
+
+def registry_names() -> list[str]:
+    """Every model type lm-eval's registry knows (names only: nothing is imported)."""
+    from lm_eval.api import registry
+
+    if len(registry.model_registry) == 0:
+        import lm_eval.models  # noqa: F401
+    return sorted(registry.model_registry.keys())
+
+
+def backend_class(name: str) -> type:
+    """The LM class of a backend; SpecError when lm-eval has no such model type or cannot import it."""
     from audit.errors import SpecError, did_you_mean
 
-    raise SpecError(f"Unknown backend '{backend}'.{did_you_mean(backend, BACKENDS)} Choose one of {BACKENDS}.")
+    if name == "hflm":
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM
+    if name == "engine":
+        from audit.engine import PrefixCacheLM
+
+        return PrefixCacheLM
+    names = registry_names()
+    if name not in names:
+        raise SpecError(f"Unknown backend '{name}'.{did_you_mean(name, [*BACKENDS, *names])} Choose one of ours "
+                        f"({', '.join(BACKENDS)}) or an lm-eval model type: {', '.join(names)}.")
+    from lm_eval.api.registry import get_model
+
+    try:
+        return get_model(name)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"Backend '{name}': lm-eval cannot import it ({exc}). Install its extra, e.g. "
+                        f"pip install \"lm-eval[{name.split('-')[0]}]\".") from exc
+
+
+def _only_raises_not_implemented(fn: Any) -> bool:
+    """True when ``fn``'s body (after its docstring) is one ``raise NotImplementedError(...)``."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    body = tree.body[0].body if tree.body and hasattr(tree.body[0], "body") else []
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    if len(body) != 1 or not isinstance(body[0], ast.Raise) or body[0].exc is None:
+        return False
+    exc = body[0].exc.func if isinstance(body[0].exc, ast.Call) else body[0].exc
+    return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
+
+
+def lacking(cls: type) -> set[str]:
+    """The request types ``cls`` does not implement: its method is lm-eval's abstract one, or only raises
+    NotImplementedError (e.g. chat-completions APIs, which return no prompt log-probabilities)."""
+    out = set()
+    for req in REQUEST_TYPES:
+        owner = next((c for c in cls.__mro__ if req in c.__dict__), None)
+        fn = owner.__dict__[req] if owner else None
+        if fn is None or getattr(fn, "__isabstractmethod__", False) or _only_raises_not_implemented(fn):
+            out.add(req)
+    return out
+
+
+def probe_needs(probe: Any) -> tuple[str, ...]:
+    """A probe's request types: its ``needs``, else (a plugin without it) what its ``kind`` implies."""
+    return tuple(getattr(probe, "needs", None) or
+                 (("generate_until",) if getattr(probe, "kind", None) == "generation" else ("loglikelihood",)))
+
+
+def task_needs(output_types: Sequence[str]) -> tuple[str, ...]:
+    """The request types of lm-eval tasks with these ``output_type``s (multiple_choice: loglikelihood)."""
+    return tuple(sorted({_TASK_NEEDS.get(t, t) for t in output_types}))
+
+
+def check_needs(name: str, needs: dict[str, tuple[str, ...]]) -> None:
+    """Refuse backend ``name`` when it lacks a request type that a probe or task needs; ``needs`` maps
+    "probe bold" / "task piqa" to its request types. SpecError naming each request type and who needs it."""
+    from audit.errors import SpecError
+
+    missing = lacking(backend_class(name))
+    by_type: dict[str, list[str]] = {}
+    for who, reqs in needs.items():
+        for req in reqs:
+            if req in missing:
+                by_type.setdefault(req, []).append(who)
+    if by_type:
+        lines = [f"it has no {req} (lm-eval's {backend_class(name).__name__} does not implement it), which "
+                 f"{', '.join(who)} need(s)" for req, who in sorted(by_type.items())]
+        raise SpecError(f"Backend '{name}' cannot run this audit: " + "; ".join(lines) +
+                        ". Remove them from the spec, or choose a backend that implements it (engine, hflm, hf, "
+                        "vllm, or local-completions against a server that returns prompt log-probabilities).")
+
+
+def _init_params(cls: type) -> set[str]:
+    """The keyword arguments ``cls`` accepts, following ``**kwargs`` up the class tree."""
+    import inspect
+
+    params: set[str] = set()
+    for c in cls.__mro__:
+        if "__init__" not in c.__dict__ or c is object:
+            continue
+        sig = inspect.signature(c.__dict__["__init__"]).parameters
+        params |= {p for p, v in sig.items() if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p != "self"}
+        if not any(v.kind is v.VAR_KEYWORD for v in sig.values()):
+            break
+    return params
+
+
+def registry_kwargs(cls: type, loaded: Any, args: dict[str, Any], *, batch_size: int,
+                    max_length: int | None = None) -> dict[str, Any]:
+    """The constructor arguments of an lm-eval model type for one audited model: the user's ``args``, plus
+    the model's path as ``pretrained`` (hf, vllm) or ``model`` (API models), its dtype, revision and
+    trust_remote_code, and the batch size, each where the class takes it and the user did not give it."""
+    ref = loaded.ref
+    params = _init_params(cls)
+    where = str(loaded.directory) if loaded.directory else ref.source
+    kw = dict(args)
+    slot = "model" if "model" in params else "pretrained" if "pretrained" in params else None  # API: model
+    if slot and not {"model", "pretrained"} & kw.keys():
+        kw[slot] = where
+    extra = {"dtype": ref.dtype, "batch_size": batch_size, "revision": ref.revision,
+             "trust_remote_code": ref.trust_remote_code or None, "max_length": max_length}
+    kw.update({k: v for k, v in extra.items() if v is not None and k in params and k not in kw})
+    return kw
+
+
+def _registry_lm(loaded: Any, name: str, args: dict[str, Any], *, batch_size: int, max_length: int | None):
+    cls = backend_class(name)
+    return cls(**registry_kwargs(cls, loaded, args, batch_size=batch_size, max_length=max_length))
 
 
 def _instances(request_type: str, args: Sequence[tuple]) -> list:

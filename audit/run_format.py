@@ -314,6 +314,15 @@ class Look(_Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BackendRecord(_Record):
+    """An lm-eval model type as run.json records it (``backend: {name: vllm, args: {...}}``); arguments whose
+    name holds 'key' or the word 'token' are stored as "<redacted>". Ours (engine, hflm) stay a plain name."""
+
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunSettings(_Record):
     alpha: float
     tolerance: float
@@ -323,7 +332,7 @@ class RunSettings(_Record):
     min_items: int
     min_clusters: int
     seed: int
-    backend: Literal["engine", "hflm"]
+    backend: Literal["engine", "hflm"] | BackendRecord
     looks: list[float]
     alpha_look: float
     adaptive: list[Look] | None = None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import SpecError, did_you_mean, read_yaml, shown
+from audit.lm import BACKENDS, redacted
 from audit.models import ModelRef
 from audit.tasks import SAMPLING, TaskSpec
 
@@ -42,7 +43,7 @@ class AuditSpec:
     n_perm: int = 9999
     until_decided: bool = False  # raise each probe's limit in steps until every required cell is decided
     max_items: int | None = None  # the largest per-group limit an adaptive audit may reach
-    backend: str = "engine"
+    backend: str | dict[str, Any] = "engine"  # ours by name, or any lm-eval model type {name:, args:}
     batch_size: int = 32
     allow_skip: bool = False
     cache: str | None = None  # results cache directory; default $BEQUEATH_CACHE/results
@@ -53,6 +54,7 @@ class AuditSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = json.loads(json.dumps(asdict(self), default=str))
+        d["backend"] = redacted(self.backend)  # as run.json's settings record it: no api keys or tokens
         # a task without a chosen metric is written as its name, as users write it (and as before)
         d["tasks"] = [t["name"] if t["metric"] is None else t for t in d["tasks"]]
         return d
@@ -134,7 +136,7 @@ class AuditSpec:
                     errors.append(f"{name}: expected a finite number, got {v!r}")
                 else:
                     kw[name] = float(v)
-        for name in ("data_dir", "out", "cache", "correction", "backend"):
+        for name in ("data_dir", "out", "cache", "correction"):
             if raw.get(name) is not None:
                 if not isinstance(raw[name], str) or not raw[name]:
                     errors.append(f"{name}: expected a non-empty text value, got {shown(raw[name])}")
@@ -154,9 +156,12 @@ class AuditSpec:
             settings_of(kw)
         except SpecError as exc:
             errors += [line.strip() for line in str(exc).splitlines()[1:-1]]
-        if kw.get("backend", "engine") not in ("engine", "hflm"):
-            errors.append(f"backend: expected 'engine' or 'hflm', got {shown(kw['backend'])}")
+        if raw.get("backend") is not None:
+            if (backend := _backend(raw["backend"], errors)) is not None:
+                kw["backend"] = backend
         _check_names(kw, errors)
+        if not errors and not isinstance(kw.get("backend", "engine"), str):
+            errors += _backend_problems(kw, raw.get("data_dir"))
         if errors:
             raise SpecError(f"{source}: {len(errors)} problem(s) in the audit spec:\n  - " + "\n  - ".join(errors))
         return cls(**kw)
@@ -309,6 +314,81 @@ def _option_problems(name: str, opts: dict[Any, Any]) -> list[str]:
                     f"Options: {', '.join(params) or '(none)'}" for k in bad]
         return [f"options of probe '{name}' refused: {str(exc)[:200]}"]
     return []
+
+
+_BACKEND_KEYS = ("name", "args")
+
+
+def _backend(raw: Any, errors: list[str]) -> str | dict[str, Any] | None:
+    """``backend:``: ours by name (engine, hflm), or any lm-eval model type as a name or {name:, args:}.
+    Ours stay a plain name; any other becomes {name, args}. The name is checked against lm-eval's registry."""
+    from audit.lm import backend_class
+
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        errors.append(f"backend: expected a name (engine, hflm, hf, vllm, ...) or a mapping {{name: hf, args: {{...}}}}, "
+                      f"got {shown(raw)}")
+        return None
+    bad = False
+    for key in raw:
+        if key not in _BACKEND_KEYS:
+            errors.append(f"backend: unknown key {shown(key)}.{did_you_mean(str(key), _BACKEND_KEYS)} A backend takes "
+                          f"name (an lm-eval model type, or engine/hflm) and args (its model arguments).")
+            bad = True
+    name, args = raw.get("name"), raw.get("args")
+    if not isinstance(name, str) or not name:
+        errors.append(f"backend.name: expected a backend name (engine, hflm, or an lm-eval model type such as hf, "
+                      f"vllm, local-completions), got {shown(name)}")
+        return None
+    if args is not None and not (isinstance(args, dict) and all(isinstance(k, str) and k for k in args)):
+        errors.append(f"backend.args: expected a mapping of the model type's arguments (as lm-eval's --model_args), "
+                      f"got {shown(args)}")
+        return None
+    if args and name in BACKENDS:
+        errors.append(f"backend.args: '{name}' takes no args (it wraps the model bequeath loaded); for lm-eval's "
+                      f"HFLM with arguments give {{name: hf, args: {{...}}}}")
+        return None
+    if name not in BACKENDS:
+        try:
+            backend_class(name)
+        except SpecError as exc:
+            errors.append(f"backend.name: {exc}")
+            return None
+    if bad:
+        return None
+    return name if name in BACKENDS else {"name": name, "args": dict(args or {})}
+
+
+def _backend_problems(kw: dict[str, Any], data_dir: str | None) -> list[str]:
+    """The probes and tasks the chosen backend cannot answer (a request type its lm-eval class lacks)."""
+    from audit.lm import check_needs, probe_needs, task_needs
+    from probes.registry import get_probe
+
+    needs = {f"probe {p.name}": probe_needs(get_probe(p.name, **p.options)) for p in kw.get("probes", ())}
+    for t in kw.get("tasks", ()):
+        if types := _task_output_types(t, kw.get("task_paths", ()), data_dir):
+            needs[f"task {t.name}"] = task_needs(types)
+    try:
+        check_needs(kw["backend"]["name"], needs)
+    except SpecError as exc:
+        return [f"backend: {exc}"]
+    return []
+
+
+def _task_output_types(entry: TaskSpec, task_paths: tuple[str, ...], data_dir: str | None) -> list[str]:
+    """The output_type of each of a task's leaves (ours: multiple_choice); [] when it cannot be loaded
+    (the preflight names why)."""
+    from audit.tasks import all_tasks, resolve_task, task_manager
+
+    if entry.name in all_tasks():
+        return ["multiple_choice"]
+    try:
+        res = resolve_task(entry, task_paths=tuple(task_paths), data_dir=data_dir)
+        loaded = task_manager(tuple(task_paths), defaults=res.defaults).load([res.load_as])
+    except Exception:  # noqa: BLE001 - reported by the preflight with its dataset
+        return []
+    return [getattr(t, "OUTPUT_TYPE", None) or t.config.output_type for t in loaded["tasks"].values()]
 
 
 def _check_names(kw: dict[str, Any], errors: list[str]) -> None:
