@@ -418,6 +418,22 @@ def test_ci_example_commands_parse_with_the_real_cli():
     assert "if" not in gate and "continue-on-error" not in gate  # the gate's exit code decides the job
 
 
+def test_ci_example_posts_the_summary_as_a_pull_request_comment():
+    doc = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    assert doc["permissions"]["pull-requests"] == "write"
+    steps = [s for job in doc["jobs"].values() for s in job["steps"]]
+    (comment,) = [s for s in steps if "gh pr comment" in s.get("run", "")]
+    argv = shlex.split(comment["run"])
+    assert argv[:4] == ["gh", "pr", "comment", "$PR"]
+    assert argv[argv.index("--body-file") + 1] == "report/summary.md"
+    assert comment["env"] == {"GH_TOKEN": "${{ github.token }}", "PR": "${{ github.event.pull_request.number }}"}
+    assert comment["if"].startswith("always()") and "github.event_name == 'pull_request'" in comment["if"]
+    assert comment["continue-on-error"] is True  # a comment that cannot be posted never decides the job
+    names = [s.get("name", "") for s in steps]
+    render = next(i for i, s in enumerate(steps) if s.get("run", "").startswith("bequeath report"))
+    assert render < names.index(comment["name"])  # after summary.md is written
+
+
 def test_ci_example_report_folder_is_what_report_writes(tmp_path, audit_runs):
     """The workflow's report step, run for real on a fixture run: summary.md lands where the summary step reads it."""
     doc = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
