@@ -46,39 +46,51 @@ if [[ -z "${STUDENT:-}" ]]; then
     --no-progress >"$WORK/distill.log" 2>&1 || { tail -20 "$WORK/distill.log" >&2; exit 1; }
 fi
 
-TEACHER="$TEACHER" STUDENT="$STUDENT" "$PYTHON" - <<'PY'
-import gc, os, time
+# a file, not stdin: vLLM may start its engine with multiprocessing "spawn", which re-imports __main__
+cat >"$WORK/gpu_check.py" <<'PY'
+import gc
+import os
+import time
 from dataclasses import replace
 
 from audit.lm import loglikelihoods, make_lm
 from audit.models import ModelRef, load_model
 from probes.registry import get_probe
 
-n = int(os.environ.get("N_REQUESTS", "400"))
-dtype = os.environ.get("DTYPE", "float32")
-requests = [r for item in get_probe("bundled").load(None).items for r in item.requests][:n]
-backends = {
-    "vllm": {"name": "vllm", "args": {"gpu_memory_utilization": float(os.environ.get("VLLM_MEMORY", "0.35")),
-                                      "enforce_eager": True, "seed": 0}},
-    "hf": {"name": "hf", "args": {"device": "cuda"}},
-}
-models = [replace(ModelRef.parse(os.environ["TEACHER"]), dtype=dtype),
-          replace(ModelRef.parse({"name": "student", "path": os.environ["STUDENT"]}), dtype=dtype)]
-worst, seconds = 0.0, {"vllm": 0.0, "hf": 0.0}
-for ref in models:
-    loaded = load_model(ref)  # for its path, dtype and content; the backends load their own copies
-    logliks = {}
+
+def main() -> None:
+    n = int(os.environ.get("N_REQUESTS", "400"))
+    dtype = os.environ.get("DTYPE", "float32")
+    requests = [r for item in get_probe("bundled").load(None).items for r in item.requests][:n]
+    backends = {  # vllm first: before anything in this process has initialised CUDA
+        "vllm": {"name": "vllm", "args": {"gpu_memory_utilization": float(os.environ.get("VLLM_MEMORY", "0.35")),
+                                          "enforce_eager": True, "seed": 0}},
+        "hf": {"name": "hf", "args": {"device": "cuda"}},
+    }
+    refs = [replace(ModelRef.parse(os.environ["TEACHER"]), dtype=dtype),
+            replace(ModelRef.parse({"name": "student", "path": os.environ["STUDENT"]}), dtype=dtype)]
+    loaded = [load_model(ref) for ref in refs]  # on the CPU, for path, dtype and hash; backends load their own
+    logliks, seconds = {}, {name: 0.0 for name in backends}
     for name, backend in backends.items():
-        lm = make_lm(loaded, backend=backend, batch_size=64)
-        loglikelihoods(lm, requests[:32])  # warm-up: kernels, caches
-        start = time.perf_counter()
-        logliks[name] = [a.loglik for a in loglikelihoods(lm, requests)]
-        seconds[name] += time.perf_counter() - start
-        del lm
-        gc.collect()
-    diff = max(abs(a - b) for a, b in zip(logliks["vllm"], logliks["hf"], strict=True))
-    print(f"{ref.name}: {len(requests)} requests, max |vllm - hf| = {diff:.3g}", flush=True)
-    worst = max(worst, diff)
-print(f"max_loglik_diff = {worst:.6g}")
-print(f"vllm_over_hf_speed = {seconds['hf'] / seconds['vllm']:.3g}")
+        for model in loaded:
+            lm = make_lm(model, backend=backend, batch_size=64)
+            loglikelihoods(lm, requests[:32])  # warm-up: kernels, caches
+            start = time.perf_counter()
+            logliks[name, model.ref.name] = [a.loglik for a in loglikelihoods(lm, requests)]
+            seconds[name] += time.perf_counter() - start
+            del lm
+            gc.collect()
+    worst = 0.0
+    for model in loaded:
+        pairs = zip(logliks["vllm", model.ref.name], logliks["hf", model.ref.name], strict=True)
+        diff = max(abs(a - b) for a, b in pairs)
+        print(f"{model.ref.name}: {len(requests)} requests, max |vllm - hf| = {diff:.3g}", flush=True)
+        worst = max(worst, diff)
+    print(f"max_loglik_diff = {worst:.6g}")
+    print(f"vllm_over_hf_speed = {seconds['hf'] / seconds['vllm']:.3g}")
+
+
+if __name__ == "__main__":
+    main()
 PY
+TEACHER="$TEACHER" STUDENT="$STUDENT" "$PYTHON" "$WORK/gpu_check.py"
