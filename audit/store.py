@@ -118,30 +118,35 @@ class ResultsCache:
     made without recomputing them; they are not a signature against someone who recomputes both.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, writer: bool = True) -> None:
         self.root = Path(root)
+        # a data-parallel audit's ranks other than 0 only read: rank 0 has the same rows (gathered) and
+        # writes each chunk once, atomically, so a reader sees a whole chunk or none (audit.parallel)
+        self.writer = writer
         self.quarantined: list[str] = []  # "path: why" of each file this instance moved aside
 
     def folder(self, key: dict[str, Any]) -> Path:
         return self.root / str(key["model"])[:16] / digest(_normal(key))[:32]
 
     def rows(self, key: dict[str, Any], ids: list[str], compute: Callable[[list[int]], list[dict]],
-             *, chunk: int = 256) -> tuple[list[dict], int]:
+             *, chunk: int = 256, agree: Callable[[list[int]], list[int]] | None = None) -> tuple[list[dict], int]:
         """Rows for ``ids`` in their order, computing those not stored; returns (rows, n_computed).
 
         ``compute(positions)`` scores ``ids[p] for p in positions`` and returns one row per
-        position, each with ``"item"`` set to its id.
+        position, each with ``"item"`` set to its id. ``agree(missing)``: the positions to compute,
+        agreed by every rank of a data-parallel audit (each must make the same scoring calls).
         """
         key = _normal(key)
         key_hash = digest(key)
         base = self.folder(key)
-        for old in _LEGACY_FORMATS:
-            legacy = base.with_name(digest({**key, "cache_format": old})[:32])
-            if legacy.is_dir():
-                self.quarantine(legacy, f"cache format {old} (chunks without hashes): stale")
-        base.mkdir(parents=True, exist_ok=True)
-        (base / LAST_USED).touch()
-        self._check_key_file(base, key, key_hash)
+        if self.writer:
+            for old in _LEGACY_FORMATS:
+                legacy = base.with_name(digest({**key, "cache_format": old})[:32])
+                if legacy.is_dir():
+                    self.quarantine(legacy, f"cache format {old} (chunks without hashes): stale")
+            base.mkdir(parents=True, exist_ok=True)
+            (base / LAST_USED).touch()
+            self._check_key_file(base, key, key_hash)
         stored: dict[str, dict] = {}
         for path in sorted(base.glob("*.json")):
             if path.name == KEY_FILE:
@@ -154,11 +159,14 @@ class ResultsCache:
             except ValueError as exc:
                 why = str(exc)
             if why:
-                self.quarantine(path, why)
+                if self.writer:
+                    self.quarantine(path, why)
                 continue
             for row in data["rows"]:
                 stored.setdefault(row["item"], row)
         missing = [p for p, i in enumerate(ids) if i not in stored]
+        if agree is not None:
+            missing = agree(missing)
         for start in range(0, len(missing), chunk):
             positions = missing[start:start + chunk]
             part = compute(positions)
@@ -168,7 +176,8 @@ class ResultsCache:
                                  f"expected {[ids[p] for p in positions][:3]}...")
             part = _normal(part)
             doc = {"format": CACHE_FORMAT, "key_sha256": key_hash, "rows_sha256": digest(part), "rows": part}
-            write_atomic(base / f"{digest(got)[:24]}.json", json.dumps(doc))
+            if self.writer:
+                write_atomic(base / f"{digest(got)[:24]}.json", json.dumps(doc))
             stored.update((r["item"], r) for r in part)
         return [stored[i] for i in ids], len(missing)
 
@@ -312,8 +321,9 @@ class VerifyReport:
     moved: list[Path | None] = field(default_factory=list)
 
 
-def prepare_run_dir(out: Path, spec_hash: str, *, force: bool) -> None:
-    """Refuse a directory that holds a different run (unless ``force``); never delete anything."""
+def prepare_run_dir(out: Path, spec_hash: str, *, force: bool, create: bool = True) -> None:
+    """Refuse a directory that holds a different run (unless ``force``); never delete anything.
+    ``create=False``: only the check (a data-parallel audit's ranks other than 0 write nothing)."""
     run = out / "run.json"
     if out.exists() and not out.is_dir():
         raise RunDirError(f"Output {out} is a file; give a directory for the run.")
@@ -327,7 +337,8 @@ def prepare_run_dir(out: Path, spec_hash: str, *, force: bool) -> None:
                 f"{out} already holds a different audit run (spec hash {str(old)[:12]} vs {spec_hash[:12]}). "
                 "Choose another --out, or pass --force to overwrite run.json and items.jsonl there."
             )
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
 
 
 def _version(pkg: str) -> str | None:
