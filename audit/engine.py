@@ -83,6 +83,7 @@ class PrefixCacheLM(HFLM):
         self.min_shared_prefix = int(min_shared_prefix)
         self.max_pass_tokens = int(max_pass_tokens)
         self.max_row_tokens = int(max_row_tokens)
+        self.shard: tuple[int, int] | None = None  # (rank, world) in a data-parallel audit: see audit.parallel
         params = inspect.signature(self.model.forward).parameters
         self._keep_kw = "logits_to_keep" in params
         self._has_positions = "position_ids" in params
@@ -121,6 +122,8 @@ class PrefixCacheLM(HFLM):
         pass_cap = max(1, min(self.max_pass_tokens, budget // 2 // (mem.activations + mem.heads * mem.elem * row_cap)))
         passes = plan_passes(splits, min_shared=self.min_shared_prefix, max_row_tokens=min(row_cap, pass_cap),
                              max_pass_tokens=pass_cap, max_pass_scored=scored_cap)
+        if self.shard is not None:  # a data-parallel audit: this rank runs every n-th pass (audit.parallel)
+            return self._score_shard(requests, splits, passes, disable_tqdm)
         res: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
                     desc="Running loglikelihood requests (prefix sharing)")
@@ -133,6 +136,31 @@ class PrefixCacheLM(HFLM):
                 pbar.update(1)
         pbar.close()
         return res  # type: ignore[return-value]
+
+    def _score_shard(self, requests: list[Request], splits: Sequence[Split], passes: list,
+                     disable_tqdm: bool) -> list[tuple[float, bool]]:
+        """This rank's passes (``k % world == rank``), then every rank's answers, in request order. The
+        passes are planned over all requests on every rank, so each answer is the float it is in one process."""
+        from audit.parallel import gather
+
+        rank, world = self.shard
+        mine: dict[int, tuple[float, bool]] = {}
+        error = None
+        pbar = tqdm(total=len(requests), disable=(disable_tqdm or rank != 0),
+                    desc=f"Running loglikelihood requests (prefix sharing, rank {rank} of {world})")
+        try:
+            for rows in passes[rank::world]:
+                for idx, answer in self._score_pass(rows, splits):
+                    mine[idx] = answer
+                    pbar.update(1)
+        except Exception as exc:  # noqa: BLE001 - every rank must hear of it, or they wait on the gather
+            error = f"{type(exc).__name__}: {exc}"
+        pbar.close()
+        res = gather(mine, len(requests), error=error)
+        for (key, _, _), answer in zip(requests, res, strict=True):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, answer)
+        return res
 
     # ------------------------------------------------------------ forward passes
 
