@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from audit import parallel
 from audit.compare import ALL
 from audit.errors import BequeathError, InputError
 from audit.models import LoadedModel, ModelRef, cache_dir, load_model
@@ -82,6 +83,7 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
 
     lm = make_lm(loaded, backend=spec.backend, batch_size=spec.batch_size)
     served = backend_key(spec.backend)  # another lm-eval model type (vllm, a server): results of its own
+    lm = parallel.shard_lm(lm)  # a data-parallel audit: this rank scores its share (one process: as is)
     name = loaded.ref.name
     found: dict[str, Any] = {}
     for pp in probes:
@@ -94,7 +96,7 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
             return [_result_row(r) for r in score_probe_items(lm, pp.probe, items,
                                                               tokenizer=loaded.tokenizer, progress=True)]
         try:
-            rows, _ = cache.rows(key, [it.id for it in pp.items], compute)
+            rows, _ = cache.rows(key, [it.id for it in pp.items], compute, agree=parallel.agree)
             found[f"probe:{pp.name}"] = rows
         except Exception as exc:  # a failing model or scorer: keep what we have, report it
             errors.append({"model": name, "stage": f"probe:{pp.name}", "message": f"{type(exc).__name__}: {exc}"})
@@ -110,13 +112,14 @@ def _score_model(loaded: LoadedModel, spec: AuditSpec, probes: list[PreparedProb
                    **({"sampling": "random", "seed": spec.seed} if random else {}), **served}
 
             def compute_task(_: list[int], entry=entry) -> list[dict]:
-                (r,) = run_tasks(lm, [entry], task_paths=spec.task_paths, data_dir=data_dir, limit=spec.task_limit,
-                                 sampling=spec.task_sampling, seed=spec.seed)
+                with parallel.lm_eval_sees_one_process():
+                    (r,) = run_tasks(lm, [entry], task_paths=spec.task_paths, data_dir=data_dir,
+                                     limit=spec.task_limit, sampling=spec.task_sampling, seed=spec.seed)
                 if r.error:
                     raise BequeathError(r.error)
                 return [{"item": r.task, "metric": r.metric, "data_files": list(r.data_files), "scores": r.scores,
                          "lm_eval_value": r.lm_eval_value, "subtasks": r.subtasks}]
-            rows, _ = cache.rows(key, [task], compute_task)
+            rows, _ = cache.rows(key, [task], compute_task, agree=parallel.agree)
             found[f"task:{task}"] = rows[0]
         except Exception as exc:
             errors.append({"model": name, "stage": f"task:{task}", "message": f"{type(exc).__name__}: {exc}"})
@@ -137,12 +140,26 @@ def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) ->
     ``max_items``; after each look the statistics are recomputed at that look's share of α
     (O'Brien-Fleming spending, see audit.compare), and the audit stops once every overall cell is
     decided. The nested samples and the per-item cache make each look score only the added items.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every rank runs this; each scores its share of the requests
+    and gets all results back (audit.parallel), so every rank computes the same run; rank 0 alone writes
+    it and the results cache, and every rank returns the same exit code once it is written.
     """
+    started = parallel.init()
+    try:
+        return _run_audit(spec, force=force, progress=progress and parallel.is_main())
+    finally:
+        if started:
+            parallel.shutdown()
+
+
+def _run_audit(spec: AuditSpec, *, force: bool, progress: bool) -> tuple[Path, int]:
     out = Path(spec.out)
     spec_hash = spec.spec_hash()
-    prepare_run_dir(out, spec_hash, force=force)
+    main = parallel.is_main()
+    prepare_run_dir(out, spec_hash, force=force, create=main)
     preflight(spec)
-    cache = ResultsCache(Path(spec.cache) if spec.cache else cache_dir() / "results")
+    cache = ResultsCache(Path(spec.cache) if spec.cache else cache_dir() / "results", writer=main)
     plan = [(None, ())]
     if spec.until_decided:
         plan = [(max(1, math.ceil(f * spec.max_items)), LOOK_FRACTIONS[: i + 1]) for i, f in enumerate(LOOK_FRACTIONS)]
@@ -164,7 +181,7 @@ def run_audit(spec: AuditSpec, *, force: bool = False, progress: bool = True) ->
               file=sys.stderr)
     if spec.until_decided:
         run["settings"]["adaptive"] = looks_done
-    write_run(out, run, _items_rows(probes, results))
+    parallel.broadcast_outcome(lambda: write_run(out, run, _items_rows(probes, results)))
     return out, (0 if run["status"] == "complete" else 2)
 
 
