@@ -17,9 +17,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--format", default="html,md,json,junit",
                    help="comma-separated formats among html, md, json, junit, csv, model-card, latex (default: "
                         "html,md,json,junit); csv writes comparisons.csv, one row per comparison for spreadsheets; "
-                        "model-card writes MODEL_CARD.md, a Hugging Face model-card section per student with "
-                        "model-index front matter; latex writes verdicts.tex, booktabs tables of the verdicts and "
-                        "task scores (see docs/report-formats.md)")
+                        "model-card writes MODEL_CARD.md: model-index front matter and, per student, the Hugging Face "
+                        "card's 'Evaluation' and 'Bias, Risks, and Limitations' sections; latex writes verdicts.tex, "
+                        "booktabs tables of the verdicts and task scores, and figures/forest-*.svg/.pdf "
+                        "(see docs/report-formats.md)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR)")
     p.add_argument("--policy", default=None, help="gate policy YAML shown in the report (default: built-in policy)")
     p.set_defaults(func=run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+from typing import Any
 
 from audit.run_format import AuditRun, ModelSide
 
@@ -21,7 +22,7 @@ RC = {"svg.fonttype": "none", "svg.hashsalt": "bequeath", "text.parse_math": Fal
       "font.family": "sans-serif", "font.size": 10}
 
 
-def _rows(run: AuditRun, probe: str, metric: str) -> list[tuple[str, list[tuple[str, ModelSide]]]]:
+def forest_rows(run: AuditRun, probe: str, metric: str) -> list[tuple[str, list[tuple[str, ModelSide]]]]:
     """[(group label, [(model, measurement)...])...]: teacher first, then each student."""
     groups: dict[tuple[str, str], list[tuple[str, ModelSide]]] = {}
     for c in run.comparisons:
@@ -33,9 +34,10 @@ def _rows(run: AuditRun, probe: str, metric: str) -> list[tuple[str, list[tuple[
     return [("overall" if k[0] == "all" else f"{k[0]}: {k[1]}", groups[k]) for k in ordered]
 
 
-def forest_svg(rows: list[tuple[str, list[tuple[str, ModelSide]]]], *, tolerance: float | None,
-               title: str, fig_id: str) -> str:
-    """One forest plot: each model's bias (points) with its CI per group, neutral line at 0."""
+def forest_figure(rows: list[tuple[str, list[tuple[str, ModelSide]]]], *, tolerance: float | None,
+                  title: str) -> Any:
+    """One forest plot as a matplotlib Figure: each model's bias (points) with its CI per group,
+    neutral line at 0 (the report inlines it as SVG; ``--format latex`` also saves it as PDF)."""
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global figure state or GUI backend
 
@@ -68,7 +70,17 @@ def forest_svg(rows: list[tuple[str, list[tuple[str, ModelSide]]]], *, tolerance
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
         ax.grid(axis="x", color="#eeeeee")
         fig.tight_layout()
-        buf = io.StringIO()
+    return fig
+
+
+def forest_svg(rows: list[tuple[str, list[tuple[str, ModelSide]]]], *, tolerance: float | None,
+               title: str, fig_id: str) -> str:
+    """:func:`forest_figure` as inline SVG, its ids prefixed with ``fig_id``."""
+    import matplotlib
+
+    fig = forest_figure(rows, tolerance=tolerance, title=title)
+    buf = io.StringIO()
+    with matplotlib.rc_context(RC):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     return _inline(buf.getvalue(), fig_id)
 
@@ -89,7 +101,7 @@ def forest_plots(run: AuditRun) -> list[dict]:
     from reports.build import probe_label
 
     for i, (probe, metric) in enumerate(seen):
-        rows = _rows(run, probe, metric)
+        rows = forest_rows(run, probe, metric)
         title = f"{probe_label(probe)}: {metric}"
         fig_id = f"fig{i}"
         out.append({"id": fig_id, "title": title, "svg": forest_svg(rows, tolerance=tol, title=title, fig_id=fig_id),

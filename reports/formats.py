@@ -15,9 +15,7 @@ import io
 import os
 import re
 import tempfile
-import threading
 import unicodedata
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -371,7 +369,6 @@ def latex(view: dict, run: dict) -> str:
 
 FIGURE_DIR = "figures"
 PDF_RC = {"pdf.fonttype": 42}  # TrueType in the PDF (some venues reject Type 3 fonts)
-_FIGURE_LOCK = threading.Lock()
 
 
 def safe_stem(text: object, limit: int = 60) -> str:
@@ -403,32 +400,6 @@ def figure_names(run: dict) -> list[tuple[str, str, str, str]]:
     return out
 
 
-@contextmanager
-def _recording_figures():
-    """The matplotlib figures ``reports.figures.forest_svg`` makes, kept for a second (PDF) rendering.
-
-    forest_svg builds its figure and returns only the SVG text; rather than draw each plot a second
-    time with a copy of its code, the Figure class it imports at call time is swapped, under a lock,
-    for a subclass that records each instance. (Remove this when reports.figures exposes the figure.)
-    """
-    import matplotlib.figure as mfig
-
-    made: list = []
-    base = mfig.Figure
-
-    class Recording(base):  # type: ignore[misc,valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    with _FIGURE_LOCK:
-        mfig.Figure = Recording
-        try:
-            yield made
-        finally:
-            mfig.Figure = base
-
-
 def _write_bytes(path: Path, data: bytes) -> Path:
     """Atomic, as ``probes.files.write_atomic`` for text (same umask-governed mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -452,22 +423,20 @@ def write_figures(run: dict, out: Path) -> list[Path]:
     import matplotlib
 
     from reports.build import as_run
-    from reports.figures import RC, forest_plots
+    from reports.figures import RC, forest_figure, forest_rows
 
     names = figure_names(run)
     if not names:
         return []
-    with _recording_figures() as made:
-        plots = forest_plots(as_run(run))
-    if len(plots) != len(names) or len(made) != len(plots):
-        raise RuntimeError(f"forest plots: {len(plots)} drawn, {len(made)} figures seen, {len(names)} expected")
+    typed = as_run(run)
     paths = []
-    for (_, _, stem, _), plot, fig in zip(names, plots, made, strict=True):
-        svg = '<?xml version="1.0" encoding="utf-8" standalone="no"?>\n' + plot["svg"]
-        paths.append(_write_bytes(out / FIGURE_DIR / f"{stem}.svg", svg.encode("utf-8")))
-        buf = io.BytesIO()
-        with matplotlib.rc_context({**RC, **PDF_RC}):
-            fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "ModDate": None, "Creator": None,
-                                                     "Producer": None})
-        paths.append(_write_bytes(out / FIGURE_DIR / f"{stem}.pdf", buf.getvalue()))
+    for probe, metric, stem, title in names:
+        fig = forest_figure(forest_rows(typed, probe, metric), tolerance=typed.settings.tolerance, title=title)
+        for fmt, rc, meta in (("svg", RC, {"Date": None, "Creator": None}),
+                              ("pdf", {**RC, **PDF_RC}, {"CreationDate": None, "ModDate": None, "Creator": None,
+                                                         "Producer": None})):
+            buf = io.BytesIO()
+            with matplotlib.rc_context(rc):
+                fig.savefig(buf, format=fmt, metadata=meta)
+            paths.append(_write_bytes(out / FIGURE_DIR / f"{stem}.{fmt}", buf.getvalue()))
     return paths
