@@ -458,7 +458,8 @@ def _record_problems(run: dict, spec: dict) -> list[str]:
     complete = not errors and all(m.get("content_hash") for m in models)
     if (run.get("status") == "complete") != complete:
         problems.append(f"status {run.get('status')!r} does not follow from errors and models")
-    refs = [spec.get("teacher")] + list(spec.get("students") or [])
+    students = spec.get("students")
+    refs = [spec.get("teacher")] + (list(students) if isinstance(students, list) else [])  # a doctored spec may hold anything
     teacher_tok = next((m.get("tokenizer_hash") for m in models if m.get("role") == "teacher"), None)
     for i, m in enumerate(models):
         ref = refs[i] if i < len(refs) and isinstance(refs[i], dict) else {}
