@@ -260,8 +260,14 @@ def registry_kwargs(cls: type, loaded: Any, args: dict[str, Any], *, batch_size:
 
 
 def _registry_lm(loaded: Any, name: str, args: dict[str, Any], *, batch_size: int, max_length: int | None):
+    from audit.errors import SpecError
+
     cls = backend_class(name)
-    return cls(**registry_kwargs(cls, loaded, args, batch_size=batch_size, max_length=max_length))
+    try:
+        return cls(**registry_kwargs(cls, loaded, args, batch_size=batch_size, max_length=max_length))
+    except ModuleNotFoundError as exc:  # lm-eval's API models import their client packages only here
+        raise SpecError(f"Backend '{name}': {exc}. Install what it names (for the API model types: "
+                        "pip install \"lm-eval[api]\"), then run the audit again.") from exc
 
 
 def _instances(request_type: str, args: Sequence[tuple]) -> list:
