@@ -68,7 +68,7 @@ def layer_importance(model: Any, examples: list[dict[str, Any]], *, pad_id: int,
         try:
             for skip in tqdm(range(n_layers), desc="measuring layer importance", unit="layer", disable=not progress):
                 setattr(parent, attr, torch.nn.ModuleList([m for i, m in enumerate(layers) if i != skip]))
-                kl = torch.cat([L.divergence(ref, log_probs(b), kind="forward_kl") for ref, b in zip(full, batches)])
+                kl = torch.cat([L.divergence(ref, log_probs(b), kind="forward_kl") for ref, b in zip(full, batches, strict=True)])
                 scores.append(float(kl.mean()))
         finally:
             setattr(parent, attr, layers)

@@ -30,7 +30,13 @@ def test_every_run_the_audit_writes_reads_back(stored):
 def test_comparisons_the_compare_code_builds_are_what_run_json_holds(audit_runs, stored):
     """The typed records audit.compare builds from a run's items serialise (``to_json``) to run.json's
     comparisons, key order included, and read back (``from_json``) to equal records."""
-    from audit.compare import ItemInfo, columns_from_rows, finalize_records, probe_comparisons, settings_from_run
+    from audit.compare import (
+        ItemInfo,
+        columns_from_rows,
+        finalize_records,
+        probe_comparisons,
+        settings_from_run,
+    )
     from audit.verify import load_run
     from probes.registry import get_probe
 
