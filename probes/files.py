@@ -29,8 +29,8 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` so that readers see the old file or the new one, never half of it.
+def write_atomic(path: str | Path, text: str | bytes) -> Path:
+    """Write ``text`` (or bytes, as they are) so that readers see the old file or the new one, never half of it.
 
     One permission policy for everything bequeath writes (runs, reports, cache chunks, exports):
     the usual umask-governed mode, as ``open`` would give (``mkstemp`` alone makes 0600).
@@ -39,7 +39,7 @@ def write_atomic(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as fh:
             fh.write(text)
         umask = os.umask(0)
         os.umask(umask)

@@ -12,14 +12,13 @@ and the YAML front matter is written by PyYAML's safe dumper from plain, single-
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.verdicts import format_p, student_of
+from probes.files import write_atomic
 from reports.build import ci_text, missing, num, probe_label
 from reports.render import md_escape
 
@@ -400,23 +399,6 @@ def figure_names(run: dict) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def _write_bytes(path: Path, data: bytes) -> Path:
-    """Atomic, as ``probes.files.write_atomic`` for text (same umask-governed mode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_figures(run: dict, out: Path) -> list[Path]:
     """``out/figures/<stem>.svg`` and ``.pdf`` for each forest plot of the report (the same figures
     report.html shows), for a paper. Files of earlier renderings that no longer apply are left as they are."""
@@ -438,5 +420,5 @@ def write_figures(run: dict, out: Path) -> list[Path]:
             buf = io.BytesIO()
             with matplotlib.rc_context(rc):
                 fig.savefig(buf, format=fmt, metadata=meta)
-            paths.append(_write_bytes(out / FIGURE_DIR / f"{stem}.{fmt}", buf.getvalue()))
+            paths.append(write_atomic(out / FIGURE_DIR / f"{stem}.{fmt}", buf.getvalue()))
     return paths
