@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from audit.errors import BequeathError
+from audit.errors import BequeathError, SpecError
 from distill.spec import DistillSpec
 
 
@@ -150,6 +150,7 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     from distill import data, eval_items, students, train
 
     t0 = time.perf_counter()
+    _check_eval_tasks(spec)  # before anything loads or trains
     out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(spec.seed)
@@ -164,7 +165,7 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     tokenizer = student.tokenizer if student is not None else teacher.tokenizer
     with args.main_process_first(desc="corpus"):
         corpus = _corpus(spec, teacher, out, progress=progress)
-    rows = data.read_corpus(corpus)
+    rows = data.read_corpus(corpus, text_field=spec.corpus_field)
     sequence_level = spec.method == "hard" and spec.hard_level == "sequence"
     if sequence_level and not all(r.prompt is not None for r in rows):
         raise data.CorpusError(
@@ -183,6 +184,12 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     train_data, groups, debias_info = examples, None, None
     if spec.debias is not None:
         train_data, groups, debias_info = _pair_up(spec, examples, partner, student.tokenizer)
+    curve = None
+    if spec.eval_tasks:
+        score = _task_scorer(spec)
+        teacher_scores = score(teacher.model, teacher.tokenizer) if args.process_index == 0 else None
+        curve = train.LearningCurve(lambda: score(student.model, student.tokenizer), every=spec.eval_every,
+                                    teacher=teacher_scores)
     cache = None
     if spec.cache:
         with args.main_process_first(desc="logit cache"):
@@ -192,7 +199,7 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     kill = os.environ.get("BEQUEATH_DISTILL_KILL_AT_STEP")  # fault injection for the resume test
     progress_cb = train.Progress(enabled=progress, kill_at_step=int(kill) if kill else None)
     common = dict(args=args, train_dataset=train_data, data_collator=data.Collator(pad_id=student.tokenizer.pad_token_id,
-                  cache=cache), callbacks=[progress_cb], processing_class=student.tokenizer)
+                  cache=cache), callbacks=[progress_cb, *([curve] if curve else [])], processing_class=student.tokenizer)
     if spec.method == "co":
         peers = [teacher.model.train().requires_grad_(True), student.model]
         peers += [_extra_peer(student.model, seed=spec.seed + 1 + i) for i in range(spec.peers)]
@@ -218,9 +225,9 @@ def run_distill(spec: DistillSpec, *, progress: bool = True) -> Path:
     if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
         ckpt_dir.rmdir()  # no checkpoint was asked for
     # the texts it trained on vs every probe's and task's items (n-gram overlap; distill.eval_items)
-    contamination = eval_items.check_corpus([r.text for r in rows], data_dir=spec.contamination_data)
+    contamination = eval_items.check_corpus([r.text for r in rows], data_dir=spec.contamination_data or spec.data_dir)
     card = _card(spec, teacher, student, corpus, data_hash, len(examples), trainer, cache, t0,
-                 contamination=contamination, debias_info=debias_info)
+                 contamination=contamination, debias_info=debias_info, learning=curve)
     return _save(spec, out, trainer, teacher, student, card)
 
 
@@ -294,8 +301,66 @@ def _open_cache(spec: DistillSpec, teacher: Any, examples: list, data_hash: str,
     return C.LogitCache(where, key=key)
 
 
+def _check_eval_tasks(spec: DistillSpec) -> None:
+    """Every learning-curve task is known and its data readable, or one SpecError naming them all."""
+    if not spec.eval_tasks:
+        return
+    from audit import tasks
+
+    problems = [m for name in spec.eval_tasks if (m := tasks.unknown_task(name))]
+    problems += tasks.check_tasks([n for n in spec.eval_tasks if n in tasks.all_tasks()], data_dir=spec.data_dir)
+    if problems:
+        raise SpecError("eval_tasks: " + " ".join(problems) + " (the task data folder is data_dir, e.g. ../shared/data)")
+
+
+def _task_scorer(spec: DistillSpec) -> Any:
+    """``score(model, tokenizer) -> {task: value or None}``: lm-eval's figure for each learning-curve task (its default
+    metric), on the model as it is, through the audit's engine. Random states are saved and restored,
+    so scoring (lm-eval seeds every generator) leaves training exactly as it would have been."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from audit.lm import make_lm
+    from audit.models import LoadedModel, ModelRef
+    from audit.tasks import run_tasks
+
+    def score(model: Any, tokenizer: Any) -> dict[str, float | None]:
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        training = model.training
+        model.eval()
+        try:
+            loaded = LoadedModel(ref=ModelRef(name="learning-curve"), model=model, tokenizer=tokenizer, directory=None,
+                                 content_hash="", n_params=0)
+            results = run_tasks(make_lm(loaded), spec.eval_tasks, data_dir=spec.data_dir, limit=spec.eval_limit)
+        finally:
+            model.train(training)
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+        # a task lm-eval could not score is recorded as missing (None), never as 0
+        return {r.task: (None if r.error else r.lm_eval_value) for r in results}
+
+    return score
+
+
+def _curve_block(spec: DistillSpec, curve: Any, history: list[dict]) -> dict[str, Any] | None:
+    """The card's learning curve: the settings, the teacher's scores, and each point (from the Trainer's
+    log history, so it survives a resume) with the student's retention of the teacher's score."""
+    if curve is None:
+        return None
+    teacher = curve.teacher or {}
+    points = [{"step": e["step"], "tokens_seen": e["tokens_seen"], "scores": e["task_scores"],
+               "retention": {t: (v / teacher[t] if v is not None and teacher.get(t) else None)
+                             for t, v in e["task_scores"].items()}}
+              for e in history if "task_scores" in e]
+    return {"tasks": list(spec.eval_tasks), "limit": spec.eval_limit, "every": spec.eval_every,
+            "teacher": teacher, "points": points}
+
+
 def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, cache, t0, *,
-          contamination: dict[str, Any], debias_info: dict[str, Any] | None) -> dict[str, Any]:
+          contamination: dict[str, Any], debias_info: dict[str, Any] | None, learning: Any = None) -> dict[str, Any]:
     from probes.files import sha256_file as file_sha256
 
     st = trainer.state
@@ -318,6 +383,7 @@ def _card(spec, teacher, student, corpus, data_hash, n_examples, trainer, cache,
         "wall_time_s": round(time.perf_counter() - t0, 2), "versions": _versions(),
         "spec_sha256": hashlib.sha256(json.dumps(spec.as_dict(), sort_keys=True).encode()).hexdigest(),
         "contamination": contamination, "debias": debias_info,
+        "learning_curve": _curve_block(spec, learning, st.log_history),
     }
 
 

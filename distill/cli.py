@@ -23,6 +23,14 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--prompts", "prompts", str, "prompt file for --corpus generate (default: bundled seed prompts)"),
     ("--contamination-data", "contamination_data", str, "also check the corpus for n-gram overlap with every probe "
                                                         "and task whose data this folder holds (e.g. ../shared/data)"),
+    ("--corpus-field", "corpus_field", str, "the .jsonl field that holds each text (default text; e.g. passage)"),
+    ("--data-dir", "data_dir", str, "folder of probe and task data (e.g. ../shared/data): the learning-curve "
+                                    "tasks read it, and the corpus is checked against every probe and task it holds"),
+    ("--eval-tasks", "eval_tasks", str, "learning curve: tasks scored on the student before training, every "
+                                        "--eval-every steps and at the end, and once on the teacher, comma-separated "
+                                        "(e.g. bundled_qa,arc_easy_local)"),
+    ("--eval-every", "eval_every", int, "learning curve: score the tasks every N steps (0: only before and after)"),
+    ("--eval-limit", "eval_limit", int, "learning curve: documents per task (lm-eval's --limit; default all)"),
     ("--out", "output", str, "output directory (the student; for co: OUT/student and OUT/teacher)"),
     ("--divergence", "divergence", str, "forward_kl | reverse_kl | jsd | skew_kl (soft-label)"),
     ("--temperature", "temperature", float, "softmax temperature τ"),

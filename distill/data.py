@@ -36,8 +36,9 @@ def seed_prompts_path() -> Path:
     return Path(str(resources.files("distill") / "seed_prompts.txt"))
 
 
-def read_corpus(path: str | Path) -> list[Row]:
-    """Rows of a ``.txt`` or ``.jsonl`` corpus; errors name the file and line."""
+def read_corpus(path: str | Path, *, text_field: str = "text") -> list[Row]:
+    """Rows of a ``.txt`` or ``.jsonl`` corpus; errors name the file and line. A JSONL row's text is its
+    ``text_field`` (with the default ``text``, a row may hold ``prompt`` and ``response`` instead)."""
     p = Path(path)
     if not p.is_file():
         raise CorpusError(f"Corpus {p} does not exist; give a .txt or .jsonl file, or 'generate'.")
@@ -49,13 +50,13 @@ def read_corpus(path: str | Path) -> list[Row]:
             if p.suffix != ".jsonl":
                 rows.append(Row(text=line.rstrip("\n")))
                 continue
-            rows.append(_json_row(p, n, line))
+            rows.append(_json_row(p, n, line, text_field))
     if not rows:
         raise CorpusError(f"Corpus {p} is empty: no non-blank line. Add texts (one per line) or rows of JSON.")
     return rows
 
 
-def _json_row(p: Path, n: int, line: str) -> Row:
+def _json_row(p: Path, n: int, line: str, text_field: str = "text") -> Row:
     try:
         obj = json.loads(line)
     except ValueError as exc:
@@ -63,8 +64,11 @@ def _json_row(p: Path, n: int, line: str) -> Row:
                           "each line must be one JSON object.") from None
     if not isinstance(obj, dict):
         raise CorpusError(f"{p}:{n}: expected a JSON object with 'text' or 'prompt'+'response', got {type(obj).__name__}.")
-    if isinstance(obj.get("text"), str) and obj["text"].strip():
-        return Row(text=obj["text"])
+    if isinstance(obj.get(text_field), str) and obj[text_field].strip():
+        return Row(text=obj[text_field])
+    if text_field != "text":
+        raise CorpusError(f"{p}:{n}: field '{text_field}' (corpus_field: a non-empty string) is missing; "
+                          f"found fields {sorted(obj)}.")
     if isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
         return Row(text=obj["prompt"] + obj["response"], prompt=obj["prompt"])
     raise CorpusError(f"{p}:{n}: field 'text' (a non-empty string) or 'prompt' and 'response' is missing; "

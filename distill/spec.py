@@ -100,10 +100,20 @@ class DistillSpec:
     hard_level: str = "token"
     student: StudentInit = field(default_factory=StudentInit)
     corpus: str = "generate"  # .txt / .jsonl path, or "generate" (teacher writes it from seed prompts)
+    corpus_field: str = "text"  # the JSONL field that holds each text (e.g. 'passage'); prompt+response when 'text'
     prompts: str | None = None  # prompt file for corpus=generate (default: bundled seed prompts)
     # folder of probe/task data (e.g. ../shared/data) whose items the corpus is also checked against
     # (distill.eval_items); not a hyperparameter: left out of as_dict, recorded in the card's contamination block
     contamination_data: str | None = None
+    # the learning curve (task score against tokens seen): these tasks (audit.tasks names) are scored on
+    # the student before training, every eval_every steps and at the end, and once on the teacher;
+    # eval_limit caps each task's documents (lm-eval's --limit). Task data is read from data_dir, which
+    # is also the contamination check's folder when contamination_data is not given. Not hyperparameters:
+    # left out of as_dict, recorded in the card's learning_curve block.
+    eval_tasks: tuple[str, ...] = ()
+    eval_every: int = 0
+    eval_limit: int | None = None
+    data_dir: str | None = None
     gen_max_new_tokens: int = 48
     gen_temperature: float = 0.8
     gen_batch_size: int = 16
@@ -151,11 +161,13 @@ class DistillSpec:
             if key not in known:
                 errors.append(f"unknown field '{key}'.{did_you_mean(key, known)}")
                 continue
-            if value is None and key not in ("cache", "prompts", "teacher_lr", "debias"):
+            if value is None and key not in ("cache", "prompts", "teacher_lr", "debias", "eval_limit", "data_dir"):
                 continue
             kwargs[key] = value
         if "student" in kwargs:
             kwargs["student"] = _student(kwargs["student"], errors)
+        if "eval_tasks" in kwargs:
+            kwargs["eval_tasks"] = _names("eval_tasks", kwargs["eval_tasks"], errors)
         if kwargs.get("debias") is not None:
             kwargs["debias"] = _debias(kwargs["debias"], errors)
         _coerce(kwargs, errors)
@@ -194,9 +206,17 @@ class DistillSpec:
             e.append("peers: only co-distillation (method: co) trains peers.")
         if self.dtype not in ("float32", "bfloat16"):
             e.append(f"dtype '{self.dtype}' is not one of float32, bfloat16.")
-        if self.contamination_data and not Path(self.contamination_data).is_dir():
-            e.append(f"contamination_data: {self.contamination_data} is not a folder; give the one that holds the "
-                     "probes' and tasks' data (e.g. ../shared/data), or leave it out to check the bundled ones only.")
+        for name in ("contamination_data", "data_dir"):
+            folder = getattr(self, name)
+            if folder and not Path(folder).is_dir():
+                e.append(f"{name}: {folder} is not a folder; give the one that holds the probes' and tasks' data "
+                         "(e.g. ../shared/data), or leave it out to use the bundled ones only.")
+        if self.eval_every and not self.eval_tasks:
+            e.append("eval_every: the learning curve needs tasks to score; name them in eval_tasks (e.g. [bundled_qa]).")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            e.append(f"eval_limit must be >= 1 (documents per task), got {self.eval_limit}.")
+        if not self.corpus_field:
+            e.append("corpus_field: give the JSONL field that holds each text (default 'text').")
         if self.debias is not None:
             e += self._debias_problems()
         return e
@@ -228,7 +248,8 @@ class DistillSpec:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["student"] = self.student.as_dict()
-        del d["contamination_data"]
+        for key in ("contamination_data", "eval_tasks", "eval_every", "eval_limit", "data_dir"):
+            del d[key]
         d["debias"] = self.debias.as_dict() if self.debias is not None else None
         return d
 
@@ -270,6 +291,16 @@ def _coerce(kwargs: dict[str, Any], errors: list[str]) -> None:
             errors.append(f"{key}: expected {t.split(' ')[0]}, got {value!r}.")
             value = _BAD
         kwargs[key] = value
+
+
+def _names(field_name: str, value: Any, errors: list[str]) -> Any:
+    """A list of names from YAML (a list) or a flag (comma-separated)."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        errors.append(f"{field_name}: expected a list of task names, e.g. [bundled_qa, arc_easy_local], got {value!r}.")
+        return _BAD
+    return tuple(value)
 
 
 def _student(value: Any, errors: list[str]) -> Any:

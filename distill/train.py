@@ -277,3 +277,29 @@ class Progress(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.close()
+
+
+class LearningCurve(TrainerCallback):
+    """Task scores of the student against tokens seen: before the first step, every ``every`` steps
+    (0: only the ends) and after the last. Each point is appended to the Trainer's ``log_history``
+    (``task_scores``), which checkpoints keep, so a resumed run's curve is whole. ``score()`` scores the
+    student as it is; ``teacher`` holds the teacher's scores on the same documents. Rank 0 scores."""
+
+    def __init__(self, score: Any, *, every: int, teacher: dict[str, float | None] | None) -> None:
+        self.score, self.every, self.teacher = score, every, teacher
+
+    def _point(self, state: Any) -> None:
+        if not state.is_world_process_zero or any(
+                e.get("step") == state.global_step and "task_scores" in e for e in state.log_history):
+            return
+        state.log_history.append({"step": state.global_step, "tokens_seen": int(state.num_input_tokens_seen),
+                                  "task_scores": self.score()})
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self._point(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if (self.every and state.global_step % self.every == 0) or state.global_step >= state.max_steps:
+            self._point(state)
+

@@ -132,9 +132,10 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 CARD_ROWS = (("technique", "technique"), ("bias-aware distillation", "debias"), ("hyperparameters", "hyperparameters"), ("student init", "student_init"),
              ("data", "data"), ("steps", "steps"), ("tokens seen", "tokens_seen"), ("wall time (s)", "wall_time_s"),
-             ("final loss", "final_loss"), ("loss curve", "loss_curve"), ("teacher", "teacher"), ("versions", "versions"))
+             ("final loss", "final_loss"), ("loss curve", "loss_curve"), ("learning curve", "learning_curve"),
+             ("teacher", "teacher"), ("versions", "versions"))
 # hyperparameters every method uses; the others belong to one method (see distill/spec.py and distill/train.py)
-COMMON_HP = ("student", "corpus", "prompts", "gen_max_new_tokens", "gen_temperature", "gen_batch_size", "max_steps",
+COMMON_HP = ("student", "corpus", "corpus_field", "prompts", "gen_max_new_tokens", "gen_temperature", "gen_batch_size", "max_steps",
              "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "seq_len", "seed", "dtype")
 GENERATION_HP = ("prompts", "gen_max_new_tokens", "gen_temperature", "gen_batch_size")
 # fields the card shows elsewhere (teacher, output folder) or that do not change the result
@@ -159,24 +160,90 @@ def used_hyperparameters(method: str | None, hp: dict) -> dict:
     return {k: hp[k] for k in hp if k in keep}
 
 
-def loss_svg(curve: list, width: int = 240, height: int = 72) -> str:
-    """The loss curve as a small inline SVG (no script). Built only from numbers, so it holds no untrusted text."""
-    pts = [(float(e["step"]), float(e["loss"])) for e in curve or []
-           if isinstance(e, dict) and isinstance(e.get("step"), (int, float)) and isinstance(e.get("loss"), (int, float))
-           and not missing(e.get("loss"))]
-    if len(pts) < 2:
+_SPARK_COLOURS = ("#1f4e8c", "#b5451b", "#2e7d32", "#6a1b9a")
+
+
+def spark_svg(series: list[list[tuple[float, float]]], label: str, *, dashed: list[float] = (),
+              width: int = 240, height: int = 72) -> str:
+    """Small inline line chart (no script, no axes): one polyline per series and a dashed horizontal
+    line per ``dashed`` value (e.g. the teacher's score), same colour order. Built only from numbers and
+    ``label`` (callers pass text they made from numbers), so it holds no untrusted text."""
+    series = [pts for pts in series if len(pts) >= 2]
+    if not series:
         return ""
     pad = 4.0
-    x0, x1 = min(x for x, _ in pts), max(x for x, _ in pts)
-    y0, y1 = min(y for _, y in pts), max(y for _, y in pts)
+    xs = [x for pts in series for x, _ in pts]
+    ys = [y for pts in series for _, y in pts] + list(dashed)
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     sx = (width - 2 * pad) / ((x1 - x0) or 1.0)
     sy = (height - 2 * pad) / ((y1 - y0) or 1.0)
-    line = " ".join(f"{pad + (x - x0) * sx:.1f},{height - pad - (y - y0) * sy:.1f}" for x, y in pts)
-    label = f"training loss from {pts[0][1]:.3g} at step {pts[0][0]:g} to {pts[-1][1]:.3g} at step {pts[-1][0]:g}"
+
+    def at(x: float, y: float) -> str:
+        return f"{pad + (x - x0) * sx:.1f},{height - pad - (y - y0) * sy:.1f}"
+
+    lines = "".join(f'<polyline fill="none" stroke="{_SPARK_COLOURS[i % len(_SPARK_COLOURS)]}" stroke-width="1.5" '
+                    f'points="{" ".join(at(x, y) for x, y in pts)}"/>' for i, pts in enumerate(series))
+    lines += "".join(f'<polyline fill="none" stroke="{_SPARK_COLOURS[i % len(_SPARK_COLOURS)]}" stroke-width="1" '
+                     f'stroke-dasharray="3,2" points="{at(x0, y)} {at(x1, y)}"/>' for i, y in enumerate(dashed))
     return (f'<svg class="spark" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{label}"><title>{label}</title>'
             f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="none" stroke="#c8c8c8"/>'
-            f'<polyline fill="none" stroke="#1f4e8c" stroke-width="1.5" points="{line}"/></svg>')
+            f'{lines}</svg>')
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and not missing(x)
+
+
+def loss_svg(curve: list) -> str:
+    """The loss curve as a small inline SVG."""
+    pts = [(float(e["step"]), float(e["loss"])) for e in curve or []
+           if isinstance(e, dict) and _is_number(e.get("step")) and _is_number(e.get("loss"))]
+    if len(pts) < 2:
+        return ""
+    return spark_svg([pts], f"training loss from {pts[0][1]:.3g} at step {pts[0][0]:g} to {pts[-1][1]:.3g} "
+                            f"at step {pts[-1][0]:g}")
+
+
+def _curve_series(block: dict) -> list[tuple[str, list[tuple[float, float]]]]:
+    points = [p for p in block.get("points") or [] if isinstance(p, dict) and _is_number(p.get("tokens_seen"))]
+    out = []
+    for task in block.get("tasks") or []:
+        pts = [(float(p["tokens_seen"]), float(v)) for p in points
+               if isinstance(p.get("scores"), dict) and _is_number(v := p["scores"].get(task))]
+        out.append((str(task), pts))
+    return out
+
+
+def learning_curve_svg(block: dict) -> str:
+    """Task score against tokens seen, one line per task, the teacher's score dashed in the same colour."""
+    if not isinstance(block, dict):
+        return ""
+    series = _curve_series(block)
+    teacher = block.get("teacher") if isinstance(block.get("teacher"), dict) else {}
+    dashed = [float(teacher[t]) for t, _ in series if _is_number(teacher.get(t))]
+    if len(dashed) != len(series):
+        dashed = []  # colours pair a task with its teacher line; without every teacher score, draw none
+    return spark_svg([pts for _, pts in series], "task score against tokens seen; dashed: the teacher",
+                     dashed=dashed)
+
+
+def learning_curve_lines(block: Any) -> list[str]:
+    """One line per task: teacher, first and last student score, and the last point's retention."""
+    if not isinstance(block, dict):
+        return ["not recorded (distil with eval_tasks to record task scores against tokens seen)"]
+    points = [p for p in block.get("points") or [] if isinstance(p, dict)]
+    teacher = block.get("teacher") if isinstance(block.get("teacher"), dict) else {}
+    lines = [f"{len(points)} points, every {block.get('every') or 'start and end'} steps, "
+             f"{'all' if block.get('limit') is None else block.get('limit')} documents per task"]
+    for task, pts in _curve_series(block):
+        last = points[-1] if points else {}
+        ret = (last.get("retention") or {}).get(task)
+        lines.append(f"{task}: teacher {num(teacher.get(task), '.3f')}; student "
+                     + (f"{pts[0][1]:.3f} at {pts[0][0]:,.0f} tokens \u2192 {pts[-1][1]:.3f} at {pts[-1][0]:,.0f}"
+                        if pts else "missing")
+                     + f"; retention {num(ret, '.2f')}")
+    return lines
 
 
 def _loss_lines(curve: list) -> list[str]:
@@ -232,6 +299,8 @@ def _card_cell(card: dict | None, key: str, figures: bool) -> dict:
         return {"lines": debias_lines(v), "svg": ""}
     if key == "loss_curve":
         return {"lines": _loss_lines(v), "svg": loss_svg(v) if figures else ""}
+    if key == "learning_curve":
+        return {"lines": learning_curve_lines(v), "svg": learning_curve_svg(v) if figures else ""}
     if key == "hyperparameters" and isinstance(v, dict):
         v = used_hyperparameters(card.get("method"), v)
     if key == "tokens_seen" and isinstance(v, int):

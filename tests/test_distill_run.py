@@ -526,3 +526,65 @@ def test_debias_cli_flags_build_the_spec(tmp_path):
     d, _ = cli.spec_dict(args)
     assert d["debias"] == {"method": "invariance", "weight": 0.3, "word_lists": ["a.txt", "b.txt"]}
     assert "--debias" in p.format_help() and "cda" in p.format_help()
+
+
+def test_learning_curve_equals_lm_eval_on_the_saved_models_and_leaves_training_unchanged(tiny_model_dir, corpus,
+                                                                                           tmp_path):
+    """The curve's points are lm-eval's own score of the student at those steps (the last one is checked
+    against ``simple_evaluate(model="hf")`` on the saved student, the teacher's on the teacher's folder),
+    tokens seen grow, and scoring between steps does not change what training does (same losses, same
+    weights, bit for bit: the random states are restored around each scoring)."""
+    from lm_eval import simple_evaluate
+
+    from audit.tasks import all_tasks, local_config, task_data_file
+    from distill.api import run_distill
+
+    plain = run_distill(_spec(tiny_model_dir, corpus, tmp_path / "plain", max_steps=4), progress=False)
+    curved = run_distill(_spec(tiny_model_dir, corpus, tmp_path / "curve", max_steps=4, eval_tasks=["bundled_qa"],
+                               eval_every=2, eval_limit=12), progress=False)
+    card = json.loads((curved / "distill_card.json").read_text())
+    block = card["learning_curve"]
+    assert block["tasks"] == ["bundled_qa"] and block["limit"] == 12 and block["every"] == 2
+    assert [p["step"] for p in block["points"]] == [0, 2, 4]
+    tokens = [p["tokens_seen"] for p in block["points"]]
+    assert tokens[0] == 0 and tokens[0] < tokens[1] < tokens[2] == card["tokens_seen"]
+
+    def lm_eval_acc(model_dir: Path) -> float:
+        cfg = local_config(all_tasks()["bundled_qa"], task_data_file("bundled_qa", None))
+        out = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=[cfg], limit=12,
+                              device="cpu", bootstrap_iters=0)
+        return out["results"]["bundled_qa"]["acc,none"]
+
+    last = block["points"][-1]
+    assert last["scores"]["bundled_qa"] == pytest.approx(lm_eval_acc(curved), abs=1e-12)
+    assert block["teacher"]["bundled_qa"] == pytest.approx(lm_eval_acc(tiny_model_dir), abs=1e-12)
+    assert last["retention"]["bundled_qa"] == pytest.approx(last["scores"]["bundled_qa"] / block["teacher"]["bundled_qa"])
+    plain_card = json.loads((plain / "distill_card.json").read_text())
+    assert card["loss_curve"] == plain_card["loss_curve"] and plain_card["learning_curve"] is None
+    want, got = _weights(plain), _weights(curved)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_learning_curve_spec_errors_are_caught_before_training(tiny_model_dir, corpus, tmp_path):
+    from distill.api import run_distill
+
+    with pytest.raises(SpecError, match="eval_every: the learning curve needs tasks"):
+        _spec(tiny_model_dir, corpus, tmp_path / "a", eval_every=2)
+    with pytest.raises(SpecError, match="eval_tasks: expected a list of task names"):
+        _spec(tiny_model_dir, corpus, tmp_path / "a", eval_tasks=[3])
+    spec = _spec(tiny_model_dir, corpus, tmp_path / "b", eval_tasks="bundled_qa,bundled_qaa")
+    assert spec.eval_tasks == ("bundled_qa", "bundled_qaa")
+    with pytest.raises(SpecError, match="Unknown task 'bundled_qaa'.*Did you mean: bundled_qa"):
+        run_distill(spec, progress=False)
+    assert not (tmp_path / "b").exists()  # nothing loaded, nothing written
+
+
+def test_a_jsonl_corpus_field_is_read_and_a_missing_one_names_the_line(tmp_path):
+    from distill.data import CorpusError, read_corpus
+
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"passage": "one text", "question": "q"}\n{"question": "no passage"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: field 'passage' .* found fields \['question'\]"):
+        read_corpus(p, text_field="passage")
+    p.write_text('{"passage": "one text", "question": "q"}\n')
+    assert [r.text for r in read_corpus(p, text_field="passage")] == ["one text"]

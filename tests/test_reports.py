@@ -180,8 +180,8 @@ def test_html_is_self_contained_and_escapes_model_output(html):
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "&lt;a href=&#34;javascript:alert(1)&#34;&gt;x&lt;/a&gt;" in html
     assert "&lt;script&gt;document.title=&#39;pwned&#39;&lt;/script&gt;" in html
-    # one forest plot and one loss-curve sparkline per student
-    assert html.count("<svg") == 3 and html.count('<svg class="spark"') == 2 and html.count("<details>") >= 4 and "<details open" not in html
+    # one forest plot, one loss-curve sparkline per student, and the soft student's learning curve
+    assert html.count("<svg") == 4 and html.count('<svg class="spark"') == 3 and html.count("<details>") >= 4 and "<details open" not in html
 
 
 def test_model_output_reaches_the_examples(partial, view):
