@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from audit.errors import BequeathError
+from audit.errors import BequeathError, SpecError
 
 # Subcommands that live in other packages are imported by name: audit does not import distill or
 # reports at module level (dependencies run one way; reports never needs torch).
@@ -44,7 +44,12 @@ def _audit_parser(sub: Any) -> None:
     p.add_argument("--tolerance", type=float, help="practical tolerance in points (default 3; see the README on choosing it)")
     p.add_argument("--alpha", type=float)
     p.add_argument("--correction", choices=("holm", "bh"))
-    p.add_argument("--backend", choices=("engine", "hflm"), help="scoring backend (default engine)")
+    p.add_argument("--backend", metavar="NAME",
+                   help="scoring backend: engine (default), hflm, or any lm-eval model type (hf, vllm, "
+                   "local-completions, ...; docs/backends.md)")
+    p.add_argument("--backend-args", dest="backend_args", metavar="K=V,...",
+                   help="the lm-eval model type's arguments, as lm-eval's --model_args (e.g. "
+                   "base_url=http://localhost:8000/v1/completions,tokenizer=DIR)")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--until-decided", action="store_true", dest="until_decided", default=None,
                    help="raise every probe's per-group limit in steps (1/4, 1/2, all of --max-items) until every "
@@ -54,8 +59,8 @@ def _audit_parser(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="overwrite a different run in --out")
 
 
-def _cmd_audit(args: argparse.Namespace) -> int:
-    from audit.harness import run_audit
+def audit_spec(args: argparse.Namespace) -> Any:
+    """The ``AuditSpec`` of ``bequeath audit``: the spec file's, overridden by the flags given."""
     from audit.spec import AuditSpec
 
     over: dict[str, Any] = {k: getattr(args, k) for k in ("teacher", "students", "tasks", "task_limit", "task_paths",
@@ -64,8 +69,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                                                            "until_decided", "max_items")}
     if args.probes:
         over["probes"] = [{"name": p, **({"limit": args.limit} if args.limit else {})} for p in args.probes]
+    if args.backend_args is not None:
+        over["backend"] = {"name": args.backend, "args": _backend_args(args.backend_args)}
     over = {k: v for k, v in over.items() if v is not None}
-    spec = AuditSpec.from_file(args.spec, **over) if args.spec else AuditSpec.from_dict(over)
+    return AuditSpec.from_file(args.spec, **over) if args.spec else AuditSpec.from_dict(over)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from audit.harness import run_audit
+
+    spec = audit_spec(args)
     policy = None
     if args.policy:  # read before anything is scored: a missing or bad policy must not cost an audit
         from audit.verdicts import Policy
@@ -85,6 +98,17 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(format_table(result))
         return result.exit_code  # the gate fails closed on a partial run, and reports a policy failure first
     return code
+
+
+def _backend_args(text: str) -> dict[str, Any]:
+    """``--backend-args`` parsed as lm-eval parses ``--model_args`` (its own parser: numbers and booleans typed)."""
+    from lm_eval.utils import simple_parse_args_string
+
+    # lm-eval reads a part without '=' as a key with an empty value; here it is a mistake to name
+    if any("=" not in part or part.startswith("=") for part in text.split(",") if part):
+        raise SpecError(f"--backend-args: expected comma-separated key=value pairs as lm-eval's --model_args "
+                        f"(e.g. base_url=http://localhost:8000/v1/completions,tokenizer=DIR), got {text!r}.")
+    return simple_parse_args_string(text)
 
 
 def verdict_summary(run: dict) -> str:

@@ -192,3 +192,24 @@ def test_bf16_and_a_registry_backend_are_recorded_in_run_json(tmp_path, tiny_mod
     assert failed == []
     models = method(as_run(run))["models"]
     assert [m[5] for m in models] == ["bfloat16", "float32"]  # the report's models table states each dtype
+
+
+def test_the_audit_command_takes_any_backend_with_lm_eval_style_args(tmp_path):
+    from audit.cli import audit_spec, build_parser
+
+    def spec(*flags: str):
+        return audit_spec(build_parser().parse_args(["audit", "--teacher", "smollm2-135m", "--out", str(tmp_path),
+                                                     *flags]))
+
+    got = spec("--backend", "local-completions", "--backend-args",
+               "base_url=http://127.0.0.1:8000/v1/completions,tokenizer=/models/t,num_concurrent=4,tokenized_requests=False")
+    assert got.backend == {"name": "local-completions", "args": {
+        "base_url": "http://127.0.0.1:8000/v1/completions", "tokenizer": "/models/t", "num_concurrent": 4,
+        "tokenized_requests": False}}
+    assert spec("--backend", "hflm").backend == "hflm"
+    with pytest.raises(SpecError, match="'hflm' takes no args"):
+        spec("--backend", "hflm", "--backend-args", "batch_size=4")
+    with pytest.raises(SpecError, match="--backend-args: expected comma-separated key=value pairs"):
+        spec("--backend", "hf", "--backend-args", "pretrained")
+    with pytest.raises(SpecError, match="backend.name: expected a backend name"):
+        spec("--backend-args", "pretrained=x")
