@@ -85,7 +85,7 @@ def load_eval_sets(data_dir: str | Path | None) -> tuple[list[EvalSet], list[dic
 
 def _why(exc: Exception, where: Path | None) -> str:
     if where is None:
-        return "its data is not in the package; set contamination_data to the folder that holds it"
+        return "its data is not in the package; set data_dir (or contamination_data) to the folder that holds it"
     return str(exc).splitlines()[0]
 
 
