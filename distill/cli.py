@@ -107,7 +107,7 @@ def spec_dict(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if args.demo:
         from distill.spec import DistillSpec
 
-        d = DistillSpec.demo(Path("bequeath-out/student")).as_dict()
+        d = DistillSpec.demo(Path("bequeath-out/student")).as_dict(settings=True)
     if args.spec:
         path = Path(args.spec)
         if not path.is_file():

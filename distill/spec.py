@@ -144,10 +144,10 @@ class DistillSpec:
     @classmethod
     def demo(cls, out: Path) -> DistillSpec:
         """The demo student: forward KL, τ=2, α=0.5, the teacher's 14 most important layers of 30
-        (58% of its parameters), generated corpus."""
+        (58% of its parameters), generated corpus, and its learning curve on bundled QA."""
         return cls(method="soft", divergence="forward_kl", temperature=2.0, alpha=0.5,
                    student=StudentInit(source="layers", every=None, keep=14), corpus="generate",
-                   output=str(out))
+                   eval_tasks=("bundled_qa",), eval_every=20, output=str(out))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "<flags>") -> DistillSpec:
@@ -245,16 +245,23 @@ class DistillSpec:
             e.append("debias.method 'crr' acts on the teacher term, which alpha 0 switches off; set alpha > 0.")
         return e
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, settings: bool = False) -> dict[str, Any]:
+        """The spec as YAML would hold it: the hyperparameters (what the card records), and with
+        ``settings`` also the fields that do not change the student (data folders, the learning curve)."""
         d = dataclasses.asdict(self)
         d["student"] = self.student.as_dict()
-        for key in ("contamination_data", "eval_tasks", "eval_every", "eval_limit", "data_dir"):
-            del d[key]
+        for key in SETTINGS:
+            if settings:
+                d[key] = list(d[key]) if isinstance(d[key], tuple) else d[key]
+            else:
+                del d[key]
         d["debias"] = self.debias.as_dict() if self.debias is not None else None
         return d
 
 
 _BAD = object()
+# fields that do not change what is trained: left out of the card's hyperparameters
+SETTINGS = ("contamination_data", "eval_tasks", "eval_every", "eval_limit", "data_dir")
 
 
 def _message(source: str, errors: list[str]) -> str:

@@ -103,6 +103,8 @@ def test_demo_defaults():
     s = DistillSpec.demo(Path("/tmp/x"))
     assert (s.method, s.divergence, s.temperature, s.alpha, s.student.keep, s.corpus, s.output) == (
         "soft", "forward_kl", 2.0, 0.5, 14, "generate", "/tmp/x")
+    assert (s.eval_tasks, s.eval_every) == (("bundled_qa",), 20) and "eval_tasks" not in s.as_dict()
+    assert DistillSpec.from_dict(s.as_dict(settings=True)) == s  # what `bequeath distill --demo` starts from
 
 
 def test_cli_flags_override_yaml(tmp_path):
