@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import BequeathError, SpecError
-from distill.spec import DistillSpec
+from distill.spec import LR_SCHEDULES, DistillSpec
 
 
 def _versions() -> dict[str, str]:
@@ -40,7 +40,11 @@ def _versions() -> dict[str, str]:
 def _load_teacher(spec: DistillSpec) -> Any:
     from audit.models import ModelRef, load_model
 
-    return load_model(ModelRef(name="teacher", path=spec.teacher, dtype=spec.dtype))
+    # float32 weights whatever spec.dtype says: dtype bfloat16 is mixed precision (the Trainer's autocast
+    # computes in bf16), so the student keeps float32 master weights (it is built from these layers) and
+    # Adam's small updates are not rounded away, and the learning curve scores the teacher in float32
+    # as the audit does by default
+    return load_model(ModelRef(name="teacher", path=spec.teacher))
 
 
 class _Student:
@@ -70,7 +74,7 @@ def _build_student(spec: DistillSpec, teacher: Any, examples: list | None = None
     if init.source == "config":
         model = students.from_config(teacher.model, init.config, seed=spec.seed)
         return _Student(model, teacher.tokenizer, init.as_dict())
-    loaded = load_model(ModelRef(name="student", path=init.path, dtype=spec.dtype))
+    loaded = load_model(ModelRef(name="student", path=init.path))  # float32 master weights, as the teacher
     return _Student(loaded.model, loaded.tokenizer, {**init.as_dict(), "content_hash": loaded.content_hash})
 
 
@@ -120,7 +124,7 @@ def _training_args(spec: DistillSpec, out: Path) -> Any:
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), max_steps=spec.max_steps, per_device_train_batch_size=spec.batch_size,
         gradient_accumulation_steps=spec.grad_accum, learning_rate=spec.lr, warmup_steps=spec.warmup_steps,
-        lr_scheduler_type="constant_with_warmup", weight_decay=spec.weight_decay, seed=spec.seed, data_seed=spec.seed,
+        lr_scheduler_type=LR_SCHEDULES[spec.lr_schedule], weight_decay=spec.weight_decay, seed=spec.seed, data_seed=spec.seed,
         logging_steps=1, save_strategy="steps" if spec.checkpoint_every else "no",
         save_steps=spec.checkpoint_every or 500, report_to=[], disable_tqdm=True, remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", use_cpu=not cuda, ddp_backend="gloo" if not cuda and _world_size() > 1 else None,

@@ -35,6 +35,8 @@ METHODS = tuple(TECHNIQUES)
 HARD_LEVELS = ("token", "sequence")
 DEBIAS_METHODS = ("cda", "crr", "invariance")
 STUDENT_FROM = ("layers", "config", "checkpoint")
+# our names -> transformers' lr_scheduler_type (each with a linear warm-up of warmup_steps)
+LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +124,7 @@ class DistillSpec:
     grad_accum: int = 1
     lr: float = 3e-4
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # after the warm-up: constant | cosine | linear (decay to 0 at max_steps)
     weight_decay: float = 0.0
     seq_len: int = 128
     seed: int = 0
@@ -204,6 +207,9 @@ class DistillSpec:
             e.append("cache: sequence-level hard-label training needs no teacher logits; remove 'cache'.")
         if self.method != "co" and self.peers:
             e.append("peers: only co-distillation (method: co) trains peers.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            e.append(f"lr_schedule '{self.lr_schedule}' is not one of {', '.join(LR_SCHEDULES)}."
+                     f"{did_you_mean(self.lr_schedule, LR_SCHEDULES)}")
         if self.dtype not in ("float32", "bfloat16"):
             e.append(f"dtype '{self.dtype}' is not one of float32, bfloat16.")
         for name in ("contamination_data", "data_dir"):

@@ -136,7 +136,7 @@ CARD_ROWS = (("technique", "technique"), ("bias-aware distillation", "debias"), 
              ("teacher", "teacher"), ("versions", "versions"))
 # hyperparameters every method uses; the others belong to one method (see distill/spec.py and distill/train.py)
 COMMON_HP = ("student", "corpus", "corpus_field", "prompts", "gen_max_new_tokens", "gen_temperature", "gen_batch_size", "max_steps",
-             "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "seq_len", "seed", "dtype")
+             "batch_size", "grad_accum", "lr", "warmup_steps", "lr_schedule", "weight_decay", "seq_len", "seed", "dtype")
 GENERATION_HP = ("prompts", "gen_max_new_tokens", "gen_temperature", "gen_batch_size")
 # fields the card shows elsewhere (teacher, output folder) or that do not change the result
 HIDDEN_HP = ("teacher", "method", "output", "checkpoint_every", "resume")

@@ -590,3 +590,22 @@ def test_a_jsonl_corpus_field_is_read_and_a_missing_one_names_the_line(tmp_path)
         read_corpus(p, text_field="passage")
     p.write_text('{"passage": "one text", "question": "q"}\n')
     assert [r.text for r in read_corpus(p, text_field="passage")] == ["one text"]
+
+
+def test_bfloat16_is_mixed_precision_with_float32_weights_and_the_schedule_is_used(tiny_model_dir, corpus, tmp_path):
+    """dtype bfloat16 trains under bf16 autocast with float32 master weights (pure bf16 weights would
+    round Adam's small updates away), and lr_schedule reaches the Trainer."""
+    from distill.api import _training_args, run_distill
+
+    spec = _spec(tiny_model_dir, corpus, tmp_path / "bf16", dtype="bfloat16", lr_schedule="cosine", warmup_steps=1)
+    args = _training_args(spec, tmp_path / "bf16")
+    assert args.bf16 and str(args.lr_scheduler_type.value) == "cosine" and args.warmup_steps == 1
+    out = run_distill(spec, progress=False)
+    before = _weights(tiny_model_dir)
+    after = _weights(out)
+    assert {t.dtype for t in after.values()} == {torch.float32}
+    assert any(not torch.equal(after[k], before[k]) for k in after if k in before)  # it trained
+    card = json.loads((out / "distill_card.json").read_text())
+    assert (card["hyperparameters"]["dtype"], card["hyperparameters"]["lr_schedule"]) == ("bfloat16", "cosine")
+    with pytest.raises(SpecError, match="lr_schedule 'cosin' is not one of constant, cosine, linear.*Did you mean: cosine"):
+        _spec(tiny_model_dir, corpus, tmp_path / "x", lr_schedule="cosin")
