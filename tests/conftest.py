@@ -142,3 +142,14 @@ def hub(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     return tables, calls
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for torchrun's rendezvous and test servers): a fixed port
+    would collide with another run of the suite on the same machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from audit.errors import BequeathError, SpecError
 from distill.spec import DistillSpec
-from tests.conftest import build_tiny_model
+from tests.conftest import build_tiny_model, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the a doctor nurse said went home because she he was tired happy and then later on day".split()
@@ -333,7 +333,7 @@ def test_ddp_two_processes_equal_single_process(tiny_model_dir, corpus, tmp_path
 
     single = run_distill(_spec(tiny_model_dir, corpus, tmp_path / "single"), progress=False)
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", *_cli(
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), *_cli(
         "--teacher", str(tiny_model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "ddp"), "--max-steps", "3",
         "--batch-size", "2", "--every", "2", "--lr", "1e-3", "--no-resume")]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)

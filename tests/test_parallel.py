@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import build_tiny_model
+from tests.conftest import build_tiny_model, free_port
 
 BEQUEATH = str(Path(sys.executable).with_name("bequeath"))
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -23,12 +22,6 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory, teacher_dir):
     return build_tiny_model(tmp_path_factory.mktemp("student"), teacher_dir, seed=1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _audit(where: Path, spec: dict, launcher: list[str]) -> subprocess.CompletedProcess:
@@ -61,7 +54,7 @@ def test_two_process_audit_equals_one_process_audit(tmp_path, tiny_model_dir, st
     one = _audit(tmp_path / "one", spec, [sys.executable])
     assert one.returncode == 0, one.stderr[-3000:]
     two = _audit(tmp_path / "two", spec, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                                          f"--master_port={_free_port()}"])
+                                          f"--master_port={free_port()}"])
     assert two.returncode == 0, two.stderr[-3000:]
 
     run1, run2 = (json.loads((tmp_path / d / "run" / "run.json").read_text()) for d in ("one", "two"))

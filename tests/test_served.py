@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,17 +31,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.slow
 
 VLLM_PYTHON = os.environ.get("BEQUEATH_VLLM_PYTHON")
 MAX_LOGLIK_DIFF = 1.0  # nats: bf16 kernels vs float32 (measured 0.32 on the bundled probe)
 MIN_AGREEMENT = 0.9  # share of per-item choices equal to the in-process float32 engine's (measured 39/40)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _vllm_python() -> str:
@@ -72,7 +67,7 @@ def server(teacher_dir, tmp_path_factory):
     vllm_python = _vllm_python()
     student = tmp_path_factory.mktemp("served") / "teacher-copy"
     shutil.copytree(teacher_dir, student)
-    port = _free_port()
+    port = free_port()
     log = open(student.parent / "vllm.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(teacher_dir), "--served-model-name",
