@@ -16,7 +16,8 @@ Quality figures, not timings: each run is seeded and deterministic, so one run p
   recipe_minutes = M            the recipe's one command, start to finish                    target <= 60
 
 demo_minutes and recipe_minutes are single runs of a time budget (each takes minutes and is
-deterministic in what it computes), not comparisons, so there is no baseline to alternate with.
+deterministic in what it computes), not comparisons, so there is no baseline to alternate with
+and they are printed as one run each, not as a median of repeats.
 
 Run: python bench/distill_quality.py [--demo-dir DIR (reuse a finished demo)] [--methods cda,crr,invariance]
      [--skip-debias] [--recipe-dir DIR (reuse a finished recipe run) | --skip-recipe]
