@@ -311,8 +311,10 @@ def _check_eval_tasks(spec: DistillSpec) -> None:
         return
     from audit import tasks
 
-    problems = [m for name in spec.eval_tasks if (m := tasks.unknown_task(name))]
-    problems += tasks.check_tasks([n for n in spec.eval_tasks if n in tasks.all_tasks()], data_dir=spec.data_dir)
+    unknown = {name: m for name in spec.eval_tasks if (m := tasks.unknown_task(name))}
+    # the known ones are loaded (nothing scored): an lm-eval task whose dataset is not on disk is named here
+    problems = [*unknown.values(), *tasks.check_tasks([n for n in spec.eval_tasks if n not in unknown],
+                                                       data_dir=spec.data_dir)]
     if problems:
         raise SpecError("eval_tasks: " + " ".join(problems) + " (the task data folder is data_dir, e.g. ../shared/data)")
 
@@ -332,6 +334,7 @@ def _task_scorer(spec: DistillSpec) -> Any:
 
     def score(model: Any, tokenizer: Any) -> dict[str, float | None]:
         states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         training = model.training
         model.eval()
         try:
@@ -343,6 +346,8 @@ def _task_scorer(spec: DistillSpec) -> Any:
             random.setstate(states[0])
             np.random.set_state(states[1])
             torch.set_rng_state(states[2])
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
         # a task lm-eval could not score is recorded as missing (None), never as 0
         return {r.task: (None if r.error else r.lm_eval_value) for r in results}
 
