@@ -45,7 +45,14 @@ def test_demo_distills_audits_and_reports_on_the_real_teacher(demo_dir):
         if c["verdict"] in ("amplified", "introduced", "reversed", "attenuated"):
             assert d["p_adj"] <= alpha and abs(d["value"]) >= run["settings"]["tolerance"], c["reason"]
 
+    # the learning curve: bundled QA before and after training; its ends are the audit's own figures
+    curve = card["learning_curve"]
+    assert curve["tasks"] == ["bundled_qa"] and [p["step"] for p in curve["points"]] == [0, card["steps"]]
+    assert curve["teacher"]["bundled_qa"] == pytest.approx(t_acc, abs=1e-12)
+    assert curve["points"][-1]["scores"]["bundled_qa"] == pytest.approx(s_acc, abs=1e-12)
+
     html = report.read_text()
+    assert 'aria-label="task score against tokens seen; dashed: the teacher"' in html
     for text in ("teacher", "soft-student", "gender", "age", "bundled_qa"):
         assert text in html
     assert re.search(r"Content-Security-Policy", html)
