@@ -309,7 +309,7 @@ def _check_eval_tasks(spec: DistillSpec) -> None:
     """Every learning-curve task is known and its data readable, or one SpecError naming them all."""
     if not spec.eval_tasks:
         return
-    from audit import tasks
+    import audit.tasks as tasks
 
     unknown = {name: m for name in spec.eval_tasks if (m := tasks.unknown_task(name))}
     # the known ones are loaded (nothing scored): an lm-eval task whose dataset is not on disk is named here

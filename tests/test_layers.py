@@ -13,7 +13,9 @@ ALLOWED = {  # package -> first-party modules it may import (prefix match), besi
     "audit": {"probes"},
     # audit.tasks: read only, by distill.eval_items, for the task items the corpus must not contain
     # (its registry and data files; lm-eval is imported only inside functions that distill never calls)
-    "distill": {"probes", "audit.models", "audit.errors", "audit.tasks"},
+    # audit.lm and audit.tasks: the learning curve scores its tasks through the audit's engine, so a
+    # curve's point and an audit's figure are computed the same way
+    "distill": {"probes", "audit.models", "audit.errors", "audit.tasks", "audit.lm"},
     "reports": {"probes.files", "audit.run_format", "audit.verdicts", "audit.errors"},
 }
 HEAVY = {"torch", "transformers"}  # never in reports: a report renders on any machine
