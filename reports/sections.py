@@ -234,7 +234,8 @@ def learning_curve_lines(block: Any) -> list[str]:
         return ["not recorded (distil with eval_tasks to record task scores against tokens seen)"]
     points = [p for p in block.get("points") or [] if isinstance(p, dict)]
     teacher = block.get("teacher") if isinstance(block.get("teacher"), dict) else {}
-    lines = [f"{len(points)} points, every {block.get('every') or 'start and end'} steps, "
+    when = f"every {block['every']} steps" if block.get("every") else "before and after training"
+    lines = [f"{len(points)} points, {when}, "
              f"{'all' if block.get('limit') is None else block.get('limit')} documents per task"]
     for task, pts in _curve_series(block):
         last = points[-1] if points else {}

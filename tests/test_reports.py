@@ -455,3 +455,21 @@ def test_card_shows_the_contamination_check(tmp_path, complete, tiny_model_dir):
     assert row.group(2).split("<br>")[1] == ("bundled (probe): 1 of 673, e.g. &lt;script&gt;alert(1)&lt;/script&gt;; "
                                              "63 under 8 words, not checked")
     assert "<script>alert" not in html
+
+
+def test_learning_curve_lines_and_chart_say_what_the_card_holds():
+    from reports.sections import learning_curve_lines, learning_curve_svg
+
+    block = {"tasks": ["bundled_qa"], "limit": None, "every": 0, "teacher": {"bundled_qa": 0.729},
+             "points": [{"step": 0, "tokens_seen": 0, "scores": {"bundled_qa": 0.5}, "retention": {"bundled_qa": 0.686}},
+                        {"step": 4, "tokens_seen": 900, "scores": {"bundled_qa": 0.5625},
+                         "retention": {"bundled_qa": 0.772}}]}
+    assert learning_curve_lines(block) == [
+        "2 points, before and after training, all documents per task",
+        "bundled_qa: teacher 0.729; student 0.500 at 0 tokens \u2192 0.562 at 900; retention 0.77"]
+    svg = learning_curve_svg(block)
+    assert svg.count("<polyline") == 2 and svg.count('stroke-dasharray="3,2"') == 1  # the task, the teacher
+    # a missing score is left out of the line, never drawn as 0
+    block["points"][1]["scores"]["bundled_qa"] = None
+    assert learning_curve_svg(block) == "" and "0.500 at 0 tokens \u2192 0.500 at 0" in learning_curve_lines(block)[1]
+    assert learning_curve_lines(None) == ["not recorded (distil with eval_tasks to record task scores against tokens seen)"]
