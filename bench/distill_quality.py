@@ -108,7 +108,7 @@ def debias_figures(methods: tuple[str, ...]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo-dir", type=Path, default=None, help="a finished `bequeath demo --out DIR` to read")
-    ap.add_argument("--methods", default="cda,crr", help="debias methods to compare with plain soft KD")
+    ap.add_argument("--methods", default="cda,crr,invariance", help="debias methods to compare with plain soft KD")
     ap.add_argument("--skip-debias", action="store_true")
     ap.add_argument("--recipe-dir", type=Path, default=None, help="a finished run of docs/recipes/smollm2-keep14.yaml")
     ap.add_argument("--skip-recipe", action="store_true")

@@ -1,23 +1,28 @@
 """Known answer for bias-aware distillation (issue 16) on the planted-bias teacher.
 
 The teacher of tests/test_known_answer.py (made-up occupations fine-tuned to take one pronoun;
-a made-up age axis as the control) is distilled three times with the same soft-label run, on a
+a made-up age axis as the control) is distilled four times with the same soft-label run, on a
 distillation corpus that carries the planted association (each occupation with its planted
 pronoun only, as a corpus the biased teacher wrote would):
 
 - plain soft KD: the student inherits (or amplifies) the planted gender bias;
 - ``--debias cda``: the corpus also holds every sequence's swap;
-- ``--debias crr``: CDA, and the teacher's distribution averaged with its role-reversed one.
+- ``--debias crr``: CDA, and the teacher's distribution averaged with its role-reversed one;
+- ``--debias invariance``: CDA, and the student's distributions on a text and its swap held together.
 
 Expected (issue 16): the debiased students' gender cell is attenuated or not detected, the age
 (control) cell unchanged or not detected, and their bundled QA score at least 0.95 of the plain
 student's. Measured (alpha 0.5, 30 steps; teacher +25.0 points on gender): plain +43.8 inherited;
 crr -7.5 attenuated, QA 0.375 as plain's 0.375; cda +12.5 inherited (Δ -12.5 not significant with
-10 templates), QA 0.354 (0.94 of plain's). CDA cannot move the teacher's soft labels in a context
+10 templates), QA 0.354 (0.94 of plain's); invariance +8.8 inconclusive, QA 0.354. CDA cannot move the teacher's soft labels in a context
 with no gendered word ("The zorblax said that ___": a text and its swap share it), only dilute
 them with the balanced cross-entropy term; the other settings tried gave the same picture
-(alpha 0.9: cda +18.8 inherited, plain +16.2; 60 steps: cda +31.2 inherited). So the CDA half of
-the known answer is a strict xfail that states this, and fails the day CDA passes it.
+(alpha 0.9: cda +18.8 inherited, plain +16.2; 60 steps: cda +31.2 inherited). At convergence the
+student's distribution there is α·p_T + (1-α)·(e_he + e_she)/2, whose preference has the teacher's
+sign (tests/test_distill_losses.py checks that the loss's minimum is exactly there); the invariance
+term is zero there, since the student sees the same context in both texts. So the CDA and
+invariance halves of the known answer are a strict xfail that states this, and fails the day either
+passes it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def debias_audit(tmp_path_factory, teacher_dir):
     return planted_debias_audit(tmp_path_factory.mktemp("debias"), teacher_dir)
 
 
-def planted_debias_audit(tmp_path, teacher_dir, methods=("cda", "crr")) -> dict:
+def planted_debias_audit(tmp_path, teacher_dir, methods=("cda", "crr", "invariance")) -> dict:
     """Plant the bias, distil a plain student and one per debias method, audit them all; the gender and
     age cells per student, bundled QA per model, the cards and a printable summary.
     (bench/distill_quality.py calls it for ``debias_task_ratio``.)"""
@@ -72,19 +77,28 @@ def planted_debias_audit(tmp_path, teacher_dir, methods=("cda", "crr")) -> dict:
         timings[name] = time.perf_counter() - t
     cards = {n: json.loads((p / "distill_card.json").read_text()) for n, p in students.items()}
 
-    t = time.perf_counter()
-    spec = AuditSpec.from_dict(dict(
-        teacher={"name": "planted", "path": str(planted)},
-        students=[{"name": n, "path": str(p)} for n, p in students.items()],
-        probes=[{"name": "bundled", "path": str(probe_file)}], tasks=["bundled_qa"], n_boot=1000, backend="hflm",
-        tolerance=5.0, out=str(tmp_path / "audit"), cache=str(tmp_path / "cache")))
-    out, code = run_audit(spec, progress=False)
-    timings["audit"] = time.perf_counter() - t
-    assert code == 0
-    run = json.loads((out / "run.json").read_text())
-    cell = {(c["student_name"], c["group"]): c for c in run["comparisons"] if c["group_key"] == "bias_type"}
-    (task,) = run["tasks"]
-    qa = {n: task["scores"][n]["value"] for n in ("teacher", *students)}  # the teacher is scored as "teacher"
+    # one audit per method, each with the plain student: Holm's family is audit-wide, so a method added
+    # here must not move another's adjusted p. (All four students in one audit: crr's raw p is 2/1024, the
+    # floor of 10 templates, and Holm over the larger family made it 0.055, inconclusive.)
+    cell, qa = {}, {}
+    for method in methods:
+        t = time.perf_counter()
+        names = ("plain", method)
+        spec = AuditSpec.from_dict(dict(
+            teacher={"name": "planted", "path": str(planted)},
+            students=[{"name": n, "path": str(students[n])} for n in names],
+            probes=[{"name": "bundled", "path": str(probe_file)}], tasks=["bundled_qa"], n_boot=1000,
+            backend="hflm", tolerance=5.0, out=str(tmp_path / f"audit-{method}"), cache=str(tmp_path / "cache")))
+        out, code = run_audit(spec, progress=False)
+        timings[f"audit {method}"] = time.perf_counter() - t
+        assert code == 0
+        run = json.loads((out / "run.json").read_text())
+        for c in run["comparisons"]:
+            if c["group_key"] == "bias_type":
+                cell.setdefault((c["student_name"], c["group"]), c)  # plain's cells from the first audit
+        (task,) = run["tasks"]
+        for n in ("teacher", *names):  # the teacher is scored as "teacher"
+            qa.setdefault(n, task["scores"][n]["value"])
     summary = {k: (round(c["teacher"]["bias"], 1), round(c["student"]["bias"], 1), c["verdict"]) for k, c in cell.items()}
     print(summary, qa, {k: round(v) for k, v in timings.items()}, sep="\n")
     return {"cell": cell, "qa": qa, "cards": cards, "summary": summary, "timings": timings}
@@ -92,22 +106,28 @@ def planted_debias_audit(tmp_path, teacher_dir, methods=("cda", "crr")) -> dict:
 
 def test_plain_kd_inherits_and_crr_attenuates_keeping_the_task(debias_audit):
     cell, qa, cards, summary = (debias_audit[k] for k in ("cell", "qa", "cards", "summary"))
-    for name in ("cda", "crr"):
+    for name in ("cda", "crr", "invariance"):
         # 160 planted sentences, each with its swap; a pronoun swap keeps the token count: all aligned
         assert cards[name]["debias"]["n_pairs"] == 160 and cards[name]["debias"]["n_aligned_pairs"] == 160
     assert cell[("plain", "gender")]["teacher"]["bias"] > 20, summary
     assert cell[("plain", "gender")]["verdict"] in ("inherited", "amplified"), summary
     assert cell[("crr", "gender")]["verdict"] in ("attenuated", "not detected"), summary
-    for name in ("plain", "cda", "crr"):
+    for name in ("plain", "cda", "crr", "invariance"):
         assert cell[(name, "age")]["verdict"] in ("unchanged", "not detected"), summary
     assert qa["crr"] >= 0.95 * qa["plain"], qa
-    # what CDA does do here: it dilutes the planted preference (the plain student's is stronger)
-    assert cell[("cda", "gender")]["student"]["bias"] < cell[("plain", "gender")]["student"]["bias"], summary
+    # what CDA (and invariance, which adds nothing where the text and its swap share the context) do
+    # here: they dilute the planted preference (the plain student's is stronger)
+    for name in ("cda", "invariance"):
+        assert cell[(name, "gender")]["student"]["bias"] < cell[("plain", "gender")]["student"]["bias"], summary
+    assert cards["invariance"]["debias"]["invariance"]["weight"] == 1.0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="CDA alone keeps the teacher's soft labels where the context has no "
-                   "gendered word; measured +12.5 points, inherited (teacher +25.0), QA 0.94 of plain's")
-def test_cda_attenuates_the_planted_bias_keeping_the_task(debias_audit):
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="CDA keeps the sign of the teacher's soft labels where the context "
+                   "has no gendered word (the loss's optimum, tests/test_distill_losses.py), and invariance adds nothing "
+                   "there; measured: cda +12.5 points inherited, invariance +8.8 inconclusive (teacher +25.0), QA 0.94 "
+                   "of plain's for both")
+@pytest.mark.parametrize("method", ["cda", "invariance"])
+def test_cda_attenuates_the_planted_bias_keeping_the_task(debias_audit, method):
     cell, qa, summary = debias_audit["cell"], debias_audit["qa"], debias_audit["summary"]
-    assert cell[("cda", "gender")]["verdict"] in ("attenuated", "not detected"), summary
-    assert qa["cda"] >= 0.95 * qa["plain"], qa
+    assert cell[(method, "gender")]["verdict"] in ("attenuated", "not detected"), summary
+    assert qa[method] >= 0.95 * qa["plain"], qa

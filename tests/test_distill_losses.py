@@ -419,3 +419,43 @@ def test_pair_units_keep_each_sequence_beside_its_swap_in_a_batch():
     assert batch["cf_partner"].tolist() == [1, 0, -1, 4, 3]
     assert batch["cf_aligned"].tolist() == [True, True, False, False, False]
     assert batch["input_ids"][:, 0].tolist() == [0, 3, 1, 2, 4]
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("swap", [False, True])
+def test_soft_label_optimum_in_a_shared_context_keeps_the_teachers_preference(alpha, swap):
+    """Known answer for CDA under soft-label KD (issue 16; docs/debias.md "What to expect").
+
+    A context with no gendered word ("The nurse said that ___") is the same in a text and its swap,
+    so the student has one distribution q there and the teacher one p. With the planted corpus the
+    next token is "he" in the text; CDA adds the swap, whose next token is "she". Minimising
+    ``(1-α)·CE + α·KL(p‖q)`` over q (Lagrangian, by hand) gives
+        plain:  q = α·p + (1-α)·e_he
+        CDA:    q = α·p + (1-α)·(e_he + e_she)/2,   so q_he − q_she = α·(p_he − p_she).
+    CDA halves the data's push but keeps the sign of the teacher's preference at every α > 0, and a
+    choice-level probe counts the sign: at convergence the CDA student's choices are the teacher's
+    (inherited), and plain KD's are further from neutral (amplified). The product's loss, through
+    torch autograd, must have its minimum at that closed form.
+    """
+    v, he, she = 7, 2, 5
+    t = torch.tensor([[0.3, -1.0, 1.6, 0.2, -0.4, 0.9, 0.0]])  # the teacher prefers "he" (index 2)
+    p = torch.softmax(t[0], -1)
+    labels = torch.tensor([he, she] if swap else [he, he])
+    data = torch.zeros(v).index_add_(0, labels, torch.full((2,), 0.5))  # the two rows' next-token distribution
+    want = alpha * p + (1 - alpha) * data
+
+    def grad_at(q: torch.Tensor) -> torch.Tensor:
+        z = q.log().clone().requires_grad_(True)
+        L.soft_label_loss(z.expand(2, v), labels, t.expand(2, v), alpha=alpha).total.backward()
+        return z.grad
+
+    # the loss is convex in the student's logits (CE and KL(p‖softmax z) both are), so a zero gradient
+    # there is the global minimum; the teacher's own distribution, or the data's, is not it
+    assert grad_at(want).abs().max() < 1e-6
+    assert grad_at(p).abs().max() > 1e-2
+    assert grad_at(0.999 * data + 0.001 / v).abs().max() > 1e-2
+    if swap:
+        assert torch.isclose(want[he] - want[she], alpha * (p[he] - p[she]))
+        assert want[he] > want[she]  # the teacher's preference survives CDA
+    else:
+        assert want[he] - want[she] > p[he] - p[she]  # plain KD on the planted corpus pushes further
