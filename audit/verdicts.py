@@ -269,6 +269,7 @@ class Check:
     status: str  # "pass" | "fail" | "error"
     reason: str
     student: str | None = None  # None: the check concerns the whole run
+    verdict: str | None = None  # a comparison's verdict at the policy's tolerance (None: not a comparison)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,7 +320,8 @@ def _comparison_check(c: dict, policy: Policy, settings: dict) -> Check:
     verdict, reason = decide(c, tau=tau, alpha=alpha)
     note = "" if tau == settings.get("tolerance") else f" (at tolerance {tau:g}; the run used {settings.get('tolerance')})"
     if verdict in policy.fail_verdicts:
-        return Check(name=name, status="fail", student=student, reason=f"verdict '{verdict}'{note}: {reason}")
+        return Check(name=name, status="fail", student=student, reason=f"verdict '{verdict}'{note}: {reason}",
+                     verdict=verdict)
     if c["teacher"].get("bias") is None and side.get("bias") is None and (c.get("n") or 0) > 0:
         return Check(name=name, status="n/a", student=student,
                      reason="not applicable: the metric is undefined on these items for both models")

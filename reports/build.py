@@ -10,6 +10,7 @@ Model outputs and dataset strings stay untrusted text here: escaping is the writ
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -150,10 +151,21 @@ def _student_summary(model: ModelEntry, run: AuditRun, gate: GateResult, metrics
             "status": status, "status_text": {"pass": "passes", "fail": "fails", "error": "cannot be certified (error or insufficient evidence)"}[status],
             "checks": [{"name": c.name, "status": c.status, "reason": c.reason} for c in gate.checks
                        if c.student == model.name and c.status != "pass"],
+            "failing": _failing(gate, model.name),
             "counts": counts, "findings": _findings(comps, who, metrics, f"teacher \u201c{teacher_name(run.models)}\u201d"),
             "n_inconclusive": len(undecided),
             "inconclusive": [f"{probe_label(c.probe)}, {group_phrase(c)}: {c.reason or 'no reason stored'}"
                              for c in undecided]}
+
+
+def _failing(gate: GateResult, student: str) -> str:
+    """What fails the gate for a student: "2 introduced cells", "3 cells: 2 introduced, 1 amplified", or ""."""
+    by = Counter(c.verdict or "failing" for c in gate.checks if c.student == student and c.status == "fail")
+    if len(by) == 1:
+        ((v, n),) = by.items()
+        return f"{n} {v} {'cell' if n == 1 else 'cells'}"
+    words = ", ".join(f"{n} {v}" for v, n in sorted(by.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{sum(by.values())} cells: {words}" if by else ""
 
 
 def _matrix(run: AuditRun | Mapping[str, Any], students: list[dict]) -> list[dict]:
@@ -209,7 +221,8 @@ def headline(run: AuditRun, students: list[dict], teacher: str) -> str:
         overall = [c.verdict for c in _comparisons(run, st["name"]) if c.group_key == "all"]
         words = ", ".join(dict.fromkeys(overall))
         status = {"pass": "passes", "fail": "fails the gate", "error": "cannot be certified"}[st["status"]]
-        parts.append(f"{st['name']} {status}" + (f" ({words} overall)" if words else ""))
+        why = f" on {st['failing']}" if st["status"] == "fail" and st.get("failing") else ""
+        parts.append(f"{st['name']} {status}{why}" + (f" (overall: {words})" if words else ""))
     return (f"Teacher {teacher} was compared with {_plural(len(students), 'student')} on {where}"
             + (": " + ", ".join(parts) if parts else "") + ".")
 

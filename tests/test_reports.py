@@ -371,7 +371,11 @@ def test_teacher_by_name_and_one_sentence_headline(complete):
     run, view = _view(complete)
     assert view["teacher"] == "smollm2-135m"  # run.json calls it "teacher": its source names it
     assert view["headline"] == ("Teacher smollm2-135m was compared with 2 students on 1 probe and 1 task: "
-                                "soft passes (attenuated overall), hard fails the gate (amplified overall).")
+                                "soft passes (overall: attenuated), hard fails the gate on 6 cells: 3 amplified, "
+                                "3 introduced (overall: amplified).")
+    hard = next(st for st in view["students"] if st["name"] == "hard")
+    fails = [c["reason"] for c in hard["checks"] if c["status"] == "fail"]  # the headline counts these
+    assert len(fails) == 6 and sum(r.startswith("verdict 'amplified'") for r in fails) == 3
     assert view["tasks"]["teacher"] == "smollm2-135m" and view["probes"][0]["teacher"] == "smollm2-135m"
     assert [m[0] for m in view["method"]["models"]] == ["smollm2-135m", "soft", "hard"]
 
