@@ -122,7 +122,10 @@ def test_tiny_model_scores_match_lm_eval_loglikelihoods(tiny):
         ref = lm.loglikelihood([Instance("loglikelihood", {}, req, i) for i, req in enumerate(it.requests)],
                                disable_tqdm=True)
         ntok = [len(tiny.tokenizer(x, add_special_tokens=False)["input_ids"]) for _, x in it.requests]
-        assert [a.loglik for a in r.answers] == [ll for ll, _ in ref]
+        # the probe scores all items in one batch, this reference one item at a time: the padded shapes
+        # differ, so float32 matmuls may round differently in the last bits (seen: 4e-6 on a 54-nat sum on
+        # one CPU, exact on another). 1e-4 nats is the conformance tests' bound and far below any margin.
+        assert [a.loglik for a in r.answers] == pytest.approx([ll for ll, _ in ref], rel=0, abs=1e-4)
         if it.groups["type"] == "intrasentence":
             assert [a.n_tokens for a in r.answers] == ntok
         per_tok = [a.loglik / a.n_tokens for a in r.answers]
