@@ -609,3 +609,18 @@ def test_bfloat16_is_mixed_precision_with_float32_weights_and_the_schedule_is_us
     assert (card["hyperparameters"]["dtype"], card["hyperparameters"]["lr_schedule"]) == ("bfloat16", "cosine")
     with pytest.raises(SpecError, match="lr_schedule 'cosin' is not one of constant, cosine, linear.*Did you mean: cosine"):
         _spec(tiny_model_dir, corpus, tmp_path / "x", lr_schedule="cosin")
+
+
+@pytest.mark.parametrize("dtype,native,warned", [("bfloat16", False, True), ("bfloat16", True, False),
+                                                 ("float32", False, False)])
+def test_emulated_bf16_is_named_before_training(monkeypatch, capsys, dtype, native, warned):
+    """bf16 autocast on a CPU without native bf16 (AVX2 only) ran 11x slower than float32: say so, keep the choice."""
+    from distill import api
+
+    # the check itself is oneDNN's, which this machine answers one way or the other
+    assert api.native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    monkeypatch.setattr(api, "native_bf16", lambda device="cpu": native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    api._warn_emulated_bf16(DistillSpec.from_dict({"dtype": dtype}))
+    err = capsys.readouterr().err
+    assert ("no native bfloat16" in err and "--dtype float32" in err) == warned, err
