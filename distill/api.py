@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import BequeathError, SpecError
+from audit.models import native_bf16
 from distill.spec import LR_SCHEDULES, DistillSpec
 
 
@@ -131,18 +132,6 @@ def _training_args(spec: DistillSpec, out: Path) -> Any:
         dataloader_num_workers=0, average_tokens_across_devices=True, bf16=spec.dtype == "bfloat16",
         ddp_find_unused_parameters=False,
     )
-
-
-def native_bf16(device: str = "cpu") -> bool:
-    """Whether bf16 compute is native here: on CPU, oneDNN's own check (AVX-512 BF16 or AMX)."""
-    import torch
-
-    if device != "cpu":
-        return True
-    try:  # a private op, so guarded: without it we cannot tell, and say nothing
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return True
 
 
 def _warn_emulated_bf16(spec: DistillSpec) -> None:

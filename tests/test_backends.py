@@ -155,6 +155,23 @@ def test_the_model_path_and_dtype_become_the_lm_eval_arguments(tiny_model_dir):
 # ---------------------------------------------------------------- dtype
 
 
+@pytest.mark.parametrize("dtype,native,warned", [("bfloat16", False, True), ("bfloat16", True, False),
+                                                 ("float32", False, False)])
+def test_emulated_bf16_model_is_named_when_loaded(tiny_model_dir, monkeypatch, capsys, dtype, native, warned):
+    """A bf16 model on a CPU without native bf16 scores emulated (11x slower than float32 measured): say so."""
+    import torch
+
+    from audit import models
+
+    assert models.native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # oneDNN's own answer
+    monkeypatch.setattr(models, "native_bf16", lambda device="cpu": native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = load_model(ModelRef(name="t", path=str(tiny_model_dir), dtype=dtype))
+    err = capsys.readouterr().err
+    assert ("model 't' in bfloat16 on a CPU without native bf16" in err) == warned, err
+    assert next(loaded.model.parameters()).dtype == getattr(torch, dtype)  # the user's choice is kept
+
+
 @pytest.mark.parametrize("backend", ["engine", "hflm"])
 def test_our_backends_score_the_model_in_its_dtype(tiny_model_dir, backend):
     import torch
