@@ -159,13 +159,15 @@ def _student_summary(model: ModelEntry, run: AuditRun, gate: GateResult, metrics
 
 
 def _failing(gate: GateResult, student: str) -> str:
-    """What fails the gate for a student: "2 introduced cells", "3 cells: 2 introduced, 1 amplified", or ""."""
-    by = Counter(c.verdict or "failing" for c in gate.checks if c.student == student and c.status == "fail")
-    if len(by) == 1:
-        ((v, n),) = by.items()
-        return f"{n} {v} {'cell' if n == 1 else 'cells'}"
-    words = ", ".join(f"{n} {v}" for v, n in sorted(by.items(), key=lambda kv: (-kv[1], kv[0])))
-    return f"{sum(by.values())} cells: {words}" if by else ""
+    """What fails the gate for a student: "2 introduced cells", "3 amplified and 1 reversed cells", a failing
+    check that is not a comparison by its name ("task bundled_qa retention"), or ""."""
+    fails = [c for c in gate.checks if c.student == student and c.status == "fail"]
+    by = Counter(c.verdict for c in fails if c.verdict)
+    kinds = [f"{k} {v}" for v, k in sorted(by.items(), key=lambda kv: (-kv[1], kv[0]))]
+    cells = [(", ".join(kinds[:-1]) + " and " if len(kinds) > 1 else "") + kinds[-1]
+             + (" cell" if sum(by.values()) == 1 else " cells")] if kinds else []
+    others = [c.name.removeprefix(f"{student}: ") for c in fails if not c.verdict]
+    return " and ".join(cells + others)
 
 
 def _matrix(run: AuditRun | Mapping[str, Any], students: list[dict]) -> list[dict]:

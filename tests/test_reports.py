@@ -371,13 +371,32 @@ def test_teacher_by_name_and_one_sentence_headline(complete):
     run, view = _view(complete)
     assert view["teacher"] == "smollm2-135m"  # run.json calls it "teacher": its source names it
     assert view["headline"] == ("Teacher smollm2-135m was compared with 2 students on 1 probe and 1 task: "
-                                "soft passes (overall: attenuated), hard fails the gate on 6 cells: 3 amplified, "
-                                "3 introduced (overall: amplified).")
+                                "soft passes (overall: attenuated), hard fails the gate on 3 amplified and "
+                                "3 introduced cells (overall: amplified).")
     hard = next(st for st in view["students"] if st["name"] == "hard")
     fails = [c["reason"] for c in hard["checks"] if c["status"] == "fail"]  # the headline counts these
     assert len(fails) == 6 and sum(r.startswith("verdict 'amplified'") for r in fails) == 3
     assert view["tasks"]["teacher"] == "smollm2-135m" and view["probes"][0]["teacher"] == "smollm2-135m"
     assert [m[0] for m in view["method"]["models"]] == ["smollm2-135m", "soft", "hard"]
+
+
+def test_what_fails_the_gate_in_words():
+    from audit.verdicts import Check, GateResult, Policy
+    from reports.build import _failing
+
+    def gate(*checks):
+        return GateResult(exit_code=1, checks=list(checks), policy=Policy())
+
+    intro = Check(name="s: p/m g=old", status="fail", student="s", reason="verdict 'introduced'", verdict="introduced")
+    amp = Check(name="s: p/m all", status="fail", student="s", reason="verdict 'amplified'", verdict="amplified")
+    task = Check(name="s: task bundled_qa retention", status="fail", student="s", reason="0.50 < 0.80")
+    other = Check(name="t: p/m all", status="fail", student="t", reason="verdict 'amplified'", verdict="amplified")
+    warn = Check(name="s: p/m g=x", status="warning", student="s", reason="not evaluated")
+    assert _failing(gate(intro, intro, other, warn), "s") == "2 introduced cells"
+    assert _failing(gate(amp), "s") == "1 amplified cell"
+    assert _failing(gate(intro, amp, intro, task), "s") == "2 introduced and 1 amplified cells and task bundled_qa retention"
+    assert _failing(gate(task), "s") == "task bundled_qa retention"
+    assert _failing(gate(warn, other), "s") == ""
 
 
 def test_card_shows_only_what_the_technique_used(view):
